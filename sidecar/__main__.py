@@ -1,0 +1,5 @@
+"""`python -m sidecar` runs the same CLI as the `inference-router` console script."""
+
+from sidecar.cli import main
+
+raise SystemExit(main())

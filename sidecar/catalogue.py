@@ -1,0 +1,172 @@
+"""The provider catalogue, read from the same Envoy YAML that Envoy runs.
+
+Every Envoy cluster that carries `metadata.filter_metadata.inference_router` is a
+provider the router may choose. Keeping the catalogue in Envoy's own config means one
+source of truth: the router can never name an upstream Envoy does not know, and an
+operator edits one file to add a provider.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sidecar.errors import ConfigError
+
+METADATA_KEY = "inference_router"
+
+Engine = Literal["vllm", "sglang", "tgi", "triton", "openai"]
+
+
+class _PriceModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+class _ProviderModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    model: str = Field(min_length=1)
+    tier: str = Field(min_length=1)
+    price_per_mtok: _PriceModel
+    aliases: list[str] = Field(default_factory=list)
+    metrics_url: str | None = None
+    engine: Engine = "vllm"
+    ttft_ms: float = Field(default=300.0, gt=0)
+    tokens_per_s: float = Field(default=80.0, gt=0)
+    max_concurrency: int = Field(default=64, ge=1)
+
+
+@dataclass(frozen=True)
+class Price:
+    """US dollars per million tokens."""
+
+    input_per_mtok: float
+    output_per_mtok: float
+
+    def cost_usd(self, prompt_tokens: float, output_tokens: float) -> float:
+        """Expected cost of one request with these token counts."""
+        return (prompt_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1e6
+
+
+@dataclass(frozen=True)
+class Provider:
+    """One Envoy cluster the router may send traffic to, with the facts it routes on."""
+
+    cluster: str
+    model: str
+    tier: str
+    price: Price
+    aliases: tuple[str, ...] = ()
+    metrics_url: str | None = None
+    engine: Engine = "vllm"
+    ttft_s: float = 0.3
+    tokens_per_s: float = 80.0
+    max_concurrency: int = 64
+
+    def serves(self, model: str) -> bool:
+        """True when a client asking for `model` may be sent here."""
+        return model == self.model or model in self.aliases
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """All providers, plus the names of every cluster Envoy defines."""
+
+    providers: tuple[Provider, ...]
+    clusters: frozenset[str]
+    source: str = "<memory>"
+
+    def provider(self, cluster: str) -> Provider:
+        """The provider behind an Envoy cluster name."""
+        for candidate in self.providers:
+            if candidate.cluster == cluster:
+                return candidate
+        raise ConfigError(f"{self.source}: no provider cluster named {cluster!r}")
+
+    def in_tier(self, tier: str) -> tuple[Provider, ...]:
+        """Providers of one tier, in catalogue order."""
+        return tuple(p for p in self.providers if p.tier == tier)
+
+    def serving(self, model: str) -> tuple[Provider, ...]:
+        """Providers that answer for an explicit model name."""
+        return tuple(p for p in self.providers if p.serves(model))
+
+    @property
+    def tiers(self) -> frozenset[str]:
+        """Every tier some provider belongs to."""
+        return frozenset(p.tier for p in self.providers)
+
+
+def _provider_from_metadata(cluster: str, raw: object, source: str) -> Provider:
+    try:
+        parsed = _ProviderModel.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(
+            f"{source}: cluster {cluster!r}: metadata.filter_metadata.{METADATA_KEY}.{where}: "
+            f"{first['msg']}"
+        ) from exc
+    return Provider(
+        cluster=cluster,
+        model=parsed.model,
+        tier=parsed.tier,
+        price=Price(parsed.price_per_mtok.input, parsed.price_per_mtok.output),
+        aliases=tuple(parsed.aliases),
+        metrics_url=parsed.metrics_url,
+        engine=parsed.engine,
+        ttft_s=parsed.ttft_ms / 1000.0,
+        tokens_per_s=parsed.tokens_per_s,
+        max_concurrency=parsed.max_concurrency,
+    )
+
+
+def catalogue_from_envoy_config(config: Mapping[str, object], source: str) -> Catalogue:
+    """Build the catalogue from a parsed Envoy bootstrap config."""
+    static = config.get("static_resources")
+    clusters_raw = static.get("clusters") if isinstance(static, Mapping) else None
+    if not isinstance(clusters_raw, list):
+        raise ConfigError(f"{source}: static_resources.clusters: missing or not a list")
+    providers: list[Provider] = []
+    names: set[str] = set()
+    for position, cluster in enumerate(clusters_raw):
+        if not isinstance(cluster, Mapping) or not isinstance(cluster.get("name"), str):
+            raise ConfigError(f"{source}: static_resources.clusters[{position}]: has no name")
+        name = str(cluster["name"])
+        if name in names:
+            raise ConfigError(f"{source}: cluster {name!r} is defined twice")
+        names.add(name)
+        metadata = cluster.get("metadata")
+        filter_metadata = metadata.get("filter_metadata") if isinstance(metadata, Mapping) else None
+        if isinstance(filter_metadata, Mapping) and METADATA_KEY in filter_metadata:
+            providers.append(_provider_from_metadata(name, filter_metadata[METADATA_KEY], source))
+    if not providers:
+        raise ConfigError(
+            f"{source}: no cluster carries metadata.filter_metadata.{METADATA_KEY}; "
+            "the router has no provider to choose"
+        )
+    return Catalogue(providers=tuple(providers), clusters=frozenset(names), source=source)
+
+
+def load_envoy_yaml(path: Path) -> dict[str, object]:
+    """Read an Envoy YAML file as a mapping, naming the file in any error."""
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read Envoy config: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the Envoy config must be a YAML mapping")
+    return loaded
+
+
+def load_catalogue(path: Path) -> Catalogue:
+    """Load and validate the provider catalogue from an Envoy YAML file."""
+    return catalogue_from_envoy_config(load_envoy_yaml(path), str(path))

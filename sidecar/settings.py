@@ -1,0 +1,114 @@
+"""Sidecar-only settings: a short YAML file (optional) plus command-line overrides.
+
+The provider catalogue is not here: it lives in the Envoy YAML (see catalogue.py). This
+file holds what only the sidecar needs: ports, the routing table, the semantic model
+and index, and limits. Every key is typed and unknown keys are refused, so a typo is an
+error that names the key rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sidecar.decision import Policy, RouteTarget, RoutingTable
+from sidecar.errors import ConfigError
+
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RouteSettings(_Strict):
+    """A semantic route's target: a tier or explicit clusters."""
+
+    tier: str | None = None
+    clusters: list[str] = Field(default_factory=list)
+
+
+class SemanticSettings(_Strict):
+    """The embedder, the exemplar index and the request-level cache."""
+
+    enabled: bool = True
+    index: Path | None = None
+    exemplars: Path | None = None
+    data_dir: Path | None = None
+    onnx_model: Path | None = None
+    tokenizer: Path | None = None
+    max_tokens: int = Field(default=128, ge=8, le=512)
+    threads: int = Field(default=2, ge=1, le=64)
+    quantize: Literal["none", "int8"] = "none"
+    batch_max: int = Field(default=16, ge=1, le=256)
+    batch_wait_ms: float = Field(default=1.0, ge=0, le=50)
+    cache_size: int = Field(default=4096, ge=0)
+    watch_index: bool = True
+
+    @model_validator(mode="after")
+    def _model_needs_tokenizer(self) -> SemanticSettings:
+        if (self.onnx_model is None) != (self.tokenizer is None):
+            raise ValueError("onnx_model and tokenizer must be given together")
+        return self
+
+
+class Settings(_Strict):
+    """Everything the sidecar reads at start."""
+
+    envoy_config: Path
+    listen: str = "127.0.0.1:50051"
+    admin_listen: str = "127.0.0.1:9464"
+    tiers: list[str] = Field(default_factory=lambda: ["small", "mid", "frontier"], min_length=1)
+    default_route: str = "mid"
+    default_policy: Policy = Policy.BALANCED
+    routes: dict[str, RouteSettings] = Field(default_factory=dict)
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
+    shutdown_grace_s: float = Field(default=5.0, ge=0)
+    log_prompts: bool = False
+    semantic: SemanticSettings = Field(default_factory=SemanticSettings)
+    classifier: dict[str, object] = Field(default_factory=dict)
+
+    def routing_table(self) -> RoutingTable:
+        """The part of the settings the decision core routes by."""
+        routes = {
+            name: RouteTarget(tier=route.tier, clusters=tuple(route.clusters))
+            for name, route in self.routes.items()
+        }
+        return RoutingTable(
+            tiers=tuple(self.tiers),
+            default_route=self.default_route,
+            default_policy=self.default_policy,
+            routes=routes,
+        )
+
+
+def load_settings(path: Path | None, overrides: Mapping[str, object]) -> Settings:
+    """Read the settings file (if any) and apply overrides, naming any bad key."""
+    raw: dict[str, object] = {}
+    source = "settings"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read settings: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: settings must be a YAML mapping")
+        raw = loaded
+        relative_to = path.parent
+        for key in ("envoy_config",):
+            if isinstance(raw.get(key), str) and not Path(str(raw[key])).is_absolute():
+                raw[key] = str(relative_to / str(raw[key]))
+    raw.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        raise ConfigError(f"{source}: {where}: {first['msg']}") from exc
