@@ -24,7 +24,7 @@ lint: install
 bench: install
 	$(PY) -m benchmarks.run
 
-install: $(STAMP)
+install: $(STAMP) model
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

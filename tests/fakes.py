@@ -1,0 +1,48 @@
+"""Small deterministic stand-ins shared by the unit tests."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+
+class HashEmbedder:
+    """A deterministic `Embedder`: feature-hashed bag of words, L2-normalised.
+
+    Texts sharing words are close, identical texts are identical, and an empty text maps to
+    a fixed unit vector. `batches` records the size of every `embed` call.
+    """
+
+    def __init__(self, dim: int = 32) -> None:
+        self._dim = dim
+        self._lock = threading.Lock()
+        self.batches: list[int] = []
+
+    @property
+    def dim(self) -> int:
+        """Width of one embedding."""
+        return self._dim
+
+    @property
+    def fingerprint(self) -> str:
+        """Depends only on the width."""
+        return f"hash-embedder-{self._dim}"
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """One L2-normalised row per text."""
+        with self._lock:
+            self.batches.append(len(texts))
+        rows = np.zeros((len(texts), self._dim), dtype=np.float32)
+        for row, text in zip(rows, texts, strict=True):
+            for word in text.lower().split() or [""]:
+                digest = hashlib.sha256(word.encode()).digest()
+                slot = int.from_bytes(digest[:4], "little") % self._dim
+                row[slot] += 1.0 if digest[4] & 1 else -1.0
+            if not row.any():  # opposite signs cancelled out
+                row[0] = 1.0
+            row /= np.linalg.norm(row)
+        return rows
