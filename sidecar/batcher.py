@@ -10,6 +10,9 @@ under load batches grow by themselves and at low load a lone request waits at mo
 `max_wait_s` before the model runs. Each waiter gets its own row; if the model raises,
 every waiter of that batch gets the exception.
 
+The batcher also keeps a running estimate of the model's cost per text, so callers can
+see how long a new text would wait (`expected_wait_s`) and shed load before waiting.
+
 All state is touched only from the event loop thread; the worker thread only runs
 `embedder.embed`.
 """
@@ -51,12 +54,20 @@ class MicroBatcher:
         self._pending: list[_Waiter] = []
         self._timer: asyncio.TimerHandle | None = None
         self._in_flight: asyncio.Task[None] | None = None
+        self._in_flight_texts = 0
+        self._seconds_per_text: float | None = None
         self._closed = False
 
     @property
     def embedder(self) -> Embedder:
         """The embedder every batch is sent to."""
         return self._embedder
+
+    def expected_wait_s(self) -> float:
+        """How long a text submitted now would wait for its row (0 until measured)."""
+        if self._seconds_per_text is None:
+            return 0.0
+        return (len(self._pending) + self._in_flight_texts + 1) * self._seconds_per_text
 
     async def embed(self, text: str) -> npt.NDArray[np.float32]:
         """Embed one text, sharing a model call with whatever arrives alongside it."""
@@ -101,13 +112,16 @@ class MicroBatcher:
             return
         batch = self._pending[: self._max_batch]
         del self._pending[: self._max_batch]
+        self._in_flight_texts = len(batch)
         self._in_flight = asyncio.get_running_loop().create_task(self._run(batch))
 
     async def _run(self, batch: list[_Waiter]) -> None:
         loop = asyncio.get_running_loop()
         texts = [w.text for w in batch]
+        started = loop.time()
         try:
             rows = await loop.run_in_executor(self._executor, self._embedder.embed, texts)
+            self._observe(loop.time() - started, len(batch))
             if rows.shape[0] != len(batch):
                 raise EmbedderError(f"embedder returned {rows.shape[0]} rows for {len(batch)}")
         except asyncio.CancelledError:
@@ -125,5 +139,12 @@ class MicroBatcher:
                     w.future.set_result(rows[i].copy())
         finally:
             self._in_flight = None
+            self._in_flight_texts = 0
             # Whatever arrived meanwhile has waited a whole batch already: send it now.
             self._dispatch()
+
+    def _observe(self, seconds: float, texts: int) -> None:
+        # An exponentially weighted mean follows load and CPU contention within a few batches.
+        per_text = seconds / texts
+        previous = self._seconds_per_text
+        self._seconds_per_text = per_text if previous is None else 0.8 * previous + 0.2 * per_text

@@ -74,6 +74,16 @@ def decision_response(routed: Routed, original_length: int) -> ext.ProcessingRes
     return ext.ProcessingResponse(request_body=ext.BodyResponse(response=common))
 
 
+def classifier_outcome(routed: Routed) -> str:
+    """A metric label: what the semantic classifier contributed to a decision."""
+    classification = routed.classification
+    if classification is None:
+        return "unused"
+    if classification.semantic.route is not None:
+        return "routed"
+    return "shed" if classification.shed else "abstained"
+
+
 def error_response(error: RequestError) -> ext.ProcessingResponse:
     """An immediate OpenAI-style error reply; the request never reaches a provider."""
     mutation = ext.HeaderMutation(set_headers=[_header("content-type", "application/json")])
@@ -151,7 +161,9 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
         except RequestError as error:
             self._metrics.rejected(error.code)
             return error_response(error)
-        self._metrics.decided(routed.decision, time.perf_counter() - started)
+        self._metrics.decided(
+            routed.decision, classifier_outcome(routed), time.perf_counter() - started
+        )
         return decision_response(routed, len(body))
 
 

@@ -21,7 +21,7 @@ class RouterMetrics:
         self._decisions = Counter(
             "inference_router_decisions",
             "Routing decisions made",
-            ["upstream", "route", "policy"],
+            ["upstream", "route", "policy", "classifier"],
             registry=self.registry,
         )
         self._rejections = Counter(
@@ -37,9 +37,11 @@ class RouterMetrics:
             registry=self.registry,
         )
 
-    def decided(self, decision: Decision, seconds: float) -> None:
-        """Record one decision and how long it took."""
-        self._decisions.labels(decision.upstream, decision.route, decision.policy.value).inc()
+    def decided(self, decision: Decision, classifier: str, seconds: float) -> None:
+        """Record one decision, what the classifier did for it, and how long it took."""
+        self._decisions.labels(
+            decision.upstream, decision.route, decision.policy.value, classifier
+        ).inc()
         self._latency.observe(seconds)
 
     def rejected(self, code: str) -> None:

@@ -52,6 +52,8 @@ class Classification:
     neighbours: tuple[NeighbourView, ...]
     threshold: float
     abstain_reason: str | None
+    # True when the classifier was skipped to shed load (see semantic.py).
+    shed: bool = False
 
 
 class PromptClassifier(Protocol):

@@ -15,6 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sidecar.classifier import ClassifierConfig
 from sidecar.decision import Policy, RouteTarget, RoutingTable
 from sidecar.errors import ConfigError
 
@@ -42,10 +43,16 @@ class SemanticSettings(_Strict):
     onnx_model: Path | None = None
     tokenizer: Path | None = None
     max_tokens: int = Field(default=128, ge=8, le=512)
-    threads: int = Field(default=2, ge=1, le=64)
+    # One intra-op thread measured fastest on 2 cores: the other core serves gRPC.
+    threads: int = Field(default=1, ge=1, le=64)
     quantize: Literal["none", "int8"] = "none"
     batch_max: int = Field(default=16, ge=1, le=256)
-    batch_wait_ms: float = Field(default=1.0, ge=0, le=50)
+    # 0: a lone request goes straight to the model; under load batches form by themselves
+    # while the previous batch runs (see batcher.py).
+    batch_wait_ms: float = Field(default=0.0, ge=0, le=50)
+    # Shed load instead of queueing past Envoy's ext_proc message_timeout: when a new
+    # prompt would wait longer than this for the model, decide without the classifier.
+    max_queue_ms: float = Field(default=100.0, gt=0)
     cache_size: int = Field(default=4096, ge=0)
     watch_index: bool = True
 
@@ -70,7 +77,7 @@ class Settings(_Strict):
     shutdown_grace_s: float = Field(default=5.0, ge=0)
     log_prompts: bool = False
     semantic: SemanticSettings = Field(default_factory=SemanticSettings)
-    classifier: dict[str, object] = Field(default_factory=dict)
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
 
     def routing_table(self) -> RoutingTable:
         """The part of the settings the decision core routes by."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -46,3 +48,9 @@ class HashEmbedder:
                 row[0] = 1.0
             row /= np.linalg.norm(row)
         return rows
+
+
+def write_jsonl(path: Path, rows: Sequence[dict[str, object]]) -> Path:
+    """Write rows as JSON lines and return the path."""
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path

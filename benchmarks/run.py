@@ -1,0 +1,151 @@
+"""`make bench`: decision latency and throughput of the sidecar, measured side by side.
+
+Starts real sidecar processes on loopback ports chosen now (semantic routing on, and a
+`--no-semantic` baseline), drives them over gRPC the way Envoy does, and prints medians
+and p99s. Results also go to bench-results/latest.json. Numbers depend on the machine:
+quote them with the machine they came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+from benchmarks.extproc_load import LoadResult, drive
+from sidecar.stack import free_port, wait_grpc_serving
+
+ROOT = Path(__file__).resolve().parent.parent
+SUBJECTS = [
+    "my Postgres replica",
+    "a React form",
+    "our quarterly budget",
+    "the Kafka consumer",
+    "a birthday speech",
+    "my thesis chapter",
+    "the billing service",
+    "a hiking trip",
+]
+ASKS = [
+    "Can you explain why",
+    "Help me figure out how",
+    "What is the best way to check if",
+    "Give me three ideas on how",
+    "Summarise briefly why",
+]
+ENDS = ["keeps failing after the latest update on Monday", "could be made faster without "
+        "rewriting everything", "should change given the new requirements from the team",
+        "compares with the usual approach people take"]  # fmt: skip
+
+
+def prompts(count: int, seed: int) -> list[str]:
+    """Distinct ~30-token prompts (a counter keeps every one unique)."""
+    rng = random.Random(seed)
+    return [
+        f"{rng.choice(ASKS)} {rng.choice(SUBJECTS)} {rng.choice(ENDS)}? (case {i})"
+        for i in range(count)
+    ]
+
+
+def classifier_counts(admin: str) -> Counter[str]:
+    """Decisions so far by what the classifier did (routed, abstained, shed, unused)."""
+    with urllib.request.urlopen(f"http://{admin}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    counts: Counter[str] = Counter()
+    for line in text.splitlines():
+        if line.startswith("inference_router_decisions_total{"):
+            label = line.split('classifier="', 1)[1].split('"', 1)[0]
+            counts[label] += int(float(line.rsplit(" ", 1)[1]))
+    return counts
+
+
+def start_sidecar(extra: list[str], workdir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+    """A sidecar on fresh ports; returns the process, its gRPC target and admin address."""
+    port = free_port()
+    target = f"127.0.0.1:{port}"
+    admin = f"127.0.0.1:{free_port()}"
+    log = (workdir / f"sidecar-{port}.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "--log-level", "WARNING", "serve",
+         "--envoy-config", str(ROOT / "envoy" / "local.yaml"), "--listen", target,
+         "--admin-listen", admin, *extra],
+        stdout=log, stderr=log, start_new_session=True,
+    )  # fmt: skip
+    wait_grpc_serving(target, 300, process)
+    return process, target, admin
+
+
+def _phase(target: str, admin: str, texts: list[str], streams: int) -> dict[str, float]:
+    before = classifier_counts(admin)
+    result: LoadResult = asyncio.run(drive(target, texts, streams))
+    after = classifier_counts(admin)
+    summary = result.summary()
+    done = sum(after.values()) - sum(before.values())
+    summary["classified_share"] = (
+        after["routed"] + after["abstained"] - before["routed"] - before["abstained"]
+    ) / max(done, 1)
+    summary["shed_share"] = (after["shed"] - before["shed"]) / max(done, 1)
+    return summary
+
+
+def measure(
+    target: str, admin: str, seed: int, sequential: int, concurrent: int
+) -> dict[str, object]:
+    """Warm up, then one-at-a-time, 32 streams, and exact repeats."""
+    asyncio.run(drive(target, prompts(64, seed + 99), 4))
+    return {
+        "sequential": _phase(target, admin, prompts(sequential, seed), 1),
+        "concurrent_32": _phase(target, admin, prompts(concurrent, seed + 1), 32),
+        "cached_repeat": _phase(target, admin, ["hello there, how are you?"] * sequential, 1),
+    }
+
+
+def main() -> int:
+    """Run the benchmarks and print a table."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sequential", type=int, default=400)
+    parser.add_argument("--concurrent", type=int, default=3000)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "latest.json")
+    args = parser.parse_args()
+    results: dict[str, object] = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform()},
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, extra in (("semantic", []), ("no_semantic", ["--no-semantic"])):
+            process, target, admin = start_sidecar(extra, Path(tmp))
+            try:
+                results[name] = measure(target, admin, 7, args.sequential, args.concurrent)
+            finally:
+                process.terminate()
+                process.wait(30)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(
+        f"\n{'sidecar':<12} {'load':<16} {'p50 ms':>8} {'p99 ms':>8} {'dec/s':>8} "
+        f"{'fail':>5} {'classified':>10} {'shed':>6}"
+    )
+    for name in ("semantic", "no_semantic"):
+        section = results[name]
+        assert isinstance(section, dict)
+        for load, row in section.items():
+            print(
+                f"{name:<12} {load:<16} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "
+                f"{row['decisions_per_s']:>8.0f} {int(row['failures']):>5} "
+                f"{row['classified_share']:>10.0%} {row['shed_share']:>6.0%}"
+            )
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,515 @@
+"""The exemplar index: labelled prompts embedded once, searched by cosine similarity.
+
+Theory. Exemplars are embedded with one `Embedder` into L2-normalised rows, so the inner
+product FAISS computes is the cosine similarity. Below `hnsw_threshold` exemplars an exact
+flat index is both fast enough (a 15k x 384 scan is well under a millisecond) and free of
+recall loss; above it an HNSW graph trades a little recall for sub-linear search. Beside the
+vectors the index keeps, per exemplar, only what the vote needs: route, known output
+length and weight. Exemplar texts are NOT stored unless `store_texts=True`: an index is
+often shipped to places where the prompts it was built from should not travel, and the
+vote never needs them (only `explain` output would show them).
+
+With `projection="lda"` the index also carries a learned linear map (sidecar/projection.py)
+inside the FAISS file; similarities are then cosines in the projected space, so thresholds
+calibrated for one index do not carry over to another.
+
+On disk an index is a directory with `index.faiss` and `meta.json`. `save` writes a
+sibling temp directory and renames it into place, so a reader (a sidecar watching the
+path) sees the old index, then the new one, never half of one. `load` refuses an index
+whose embedder fingerprint differs from the running embedder's: its neighbours would be
+silently wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+from sidecar.classifier import OUT_OF_SCOPE, Neighbour
+from sidecar.embedder import Embedder
+from sidecar.errors import ConfigError, IndexLoadError
+from sidecar.projection import fit_lda
+
+logger = logging.getLogger(__name__)
+
+IndexKind = Literal["auto", "flat", "hnsw"]
+Projection = Literal["none", "lda"]
+FORMAT_VERSION = 1
+INDEX_FILE = "index.faiss"
+META_FILE = "meta.json"
+HNSW_NEIGHBOURS = 32
+HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_SEARCH = 128
+
+
+@dataclass(frozen=True, slots=True)
+class Exemplar:
+    """One labelled prompt; route OUT_OF_SCOPE marks a prompt the router must not claim."""
+
+    text: str
+    route: str
+    output_tokens: int | None = None
+    weight: float = 1.0
+
+
+def parse_exemplar(row: object, where: str) -> Exemplar:
+    """Validate one decoded JSONL row; `where` ("file:line") prefixes every error."""
+    if not isinstance(row, dict):
+        raise ConfigError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    unknown = sorted(set(row) - {"text", "route", "output_tokens", "weight"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown field {unknown[0]!r}")
+    text = row.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"{where}: field 'text' must be a non-empty string")
+    if "route" not in row:
+        raise ConfigError(f"{where}: field 'route' is missing (use null for out-of-scope)")
+    route = row["route"]
+    if route is None:
+        route = OUT_OF_SCOPE
+    elif not isinstance(route, str) or not route.strip():
+        raise ConfigError(f"{where}: field 'route' must be a non-empty string or null")
+    elif route == OUT_OF_SCOPE:
+        raise ConfigError(f"{where}: field 'route' uses the reserved name; write null instead")
+    tokens = row.get("output_tokens")
+    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int)):
+        raise ConfigError(f"{where}: field 'output_tokens' must be an integer or null")
+    if tokens is not None and tokens < 0:
+        raise ConfigError(f"{where}: field 'output_tokens' must not be negative")
+    weight = row.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
+        raise ConfigError(f"{where}: field 'weight' must be a positive number")
+    if not math.isfinite(weight):
+        raise ConfigError(f"{where}: field 'weight' must be finite")
+    return Exemplar(text=text, route=route, output_tokens=tokens, weight=float(weight))
+
+
+def read_jsonl(path: Path) -> Iterable[tuple[str, object]]:
+    """Yield ("file:line", decoded row) for each non-blank line; ConfigError on bad JSON."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from exc
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield f"{path}:{number}", json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}:{number}: not valid JSON: {exc.msg}") from exc
+
+
+def load_exemplars(path: Path) -> list[Exemplar]:
+    """Read a JSONL exemplar file; errors name the file, line and field."""
+    exemplars = [parse_exemplar(row, where) for where, row in read_jsonl(path)]
+    if not exemplars:
+        raise ConfigError(f"{path}: no exemplars")
+    return exemplars
+
+
+class ExemplarIndex:
+    """FAISS vectors plus per-exemplar route, output length and weight."""
+
+    def __init__(
+        self,
+        faiss_index: faiss.Index,
+        routes: Sequence[str],
+        output_tokens: Sequence[int | None],
+        weights: Sequence[float],
+        *,
+        fingerprint: str,
+        kind: Literal["flat", "hnsw"],
+        projection: Projection = "none",
+        texts: Sequence[str] | None = None,
+        created_at: str | None = None,
+    ) -> None:
+        n = int(faiss_index.ntotal)
+        if not len(routes) == len(output_tokens) == len(weights) == n:
+            raise ValueError("index vectors and metadata lengths differ")
+        if texts is not None and len(texts) != n:
+            raise ValueError("texts must match the number of vectors")
+        self._index = faiss_index
+        self.routes = tuple(routes)
+        self.output_tokens = tuple(output_tokens)
+        self.weights = tuple(weights)
+        self.texts = None if texts is None else tuple(texts)
+        self.fingerprint = fingerprint
+        self.kind = kind
+        self.projection = projection
+        self.dim = int(faiss_index.d)
+        self.created_at = created_at or datetime.now(UTC).isoformat(timespec="seconds")
+
+    def __len__(self) -> int:
+        return len(self.routes)
+
+    def route_counts(self) -> dict[str, int]:
+        """Number of exemplars per route (OUT_OF_SCOPE included)."""
+        return dict(sorted(Counter(self.routes).items()))
+
+    def search(self, vectors: npt.NDArray[np.float32], k: int) -> list[tuple[Neighbour, ...]]:
+        """The k nearest exemplars of each row of `vectors` (embedder rows), closest first."""
+        query = np.ascontiguousarray(vectors, dtype=np.float32)
+        if query.ndim != 2 or query.shape[1] != self.dim:
+            raise ValueError(f"expected query shape (n, {self.dim}), got {query.shape}")
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        sims, ids = self._index.search(query, k)
+        return [self._neighbours(row_s, row_i) for row_s, row_i in zip(sims, ids, strict=True)]
+
+    def self_neighbours(self, k: int) -> list[tuple[Neighbour, ...]]:
+        """Leave-one-out: each exemplar's k nearest *other* exemplars, in exemplar order."""
+        inner = self._inner()
+        stored = np.asarray(inner.reconstruct_n(0, len(self)), dtype=np.float32)
+        sims, ids = inner.search(stored, min(k + 1, len(self)))
+        result = []
+        for own, (row_s, row_i) in enumerate(zip(sims, ids, strict=True)):
+            # Drop the exemplar itself; if an exact duplicate outranked it, drop the tail.
+            drop = np.flatnonzero(row_i == own)
+            cut = int(drop[0]) if len(drop) else len(row_i) - 1
+            keep = [j for j in range(len(row_i)) if j != cut][:k]
+            result.append(self._neighbours(row_s[keep], row_i[keep]))
+        return result
+
+    def _neighbours(
+        self, sims: npt.NDArray[np.float32], ids: npt.NDArray[np.int64]
+    ) -> tuple[Neighbour, ...]:
+        return tuple(
+            Neighbour(
+                route=self.routes[i],
+                similarity=float(s),
+                output_tokens=self.output_tokens[i],
+                weight=self.weights[i],
+            )
+            for s, i in zip(sims, ids, strict=True)
+            if i >= 0  # FAISS pads with -1 when fewer than k exemplars exist
+        )
+
+    def _inner(self) -> faiss.Index:
+        """The index that holds the (projected) vectors, without the pre-transform."""
+        index = faiss.downcast_index(self._index)
+        if isinstance(index, faiss.IndexPreTransform):
+            return faiss.downcast_index(index.index)
+        return index
+
+    def save(self, directory: Path) -> None:
+        """Write index.faiss + meta.json so that readers see the old or the new index, whole."""
+        directory = Path(directory)
+        parent = directory.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{directory.name}.", suffix=".tmp"))
+        try:
+            faiss.write_index(self._index, str(tmp / INDEX_FILE))
+            (tmp / META_FILE).write_text(json.dumps(self._meta()), encoding="utf-8")
+            if directory.exists():
+                old = Path(
+                    tempfile.mkdtemp(dir=parent, prefix=f".{directory.name}.", suffix=".old")
+                )
+                os.replace(directory, old / "index")
+                os.replace(tmp, directory)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, directory)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _meta(self) -> dict[str, object]:
+        route_names = sorted(set(self.routes))
+        position = {name: i for i, name in enumerate(route_names)}
+        meta: dict[str, object] = {
+            "format_version": FORMAT_VERSION,
+            "fingerprint": self.fingerprint,
+            "dim": self.dim,
+            "kind": self.kind,
+            "projection": self.projection,
+            "count": len(self),
+            "created_at": self.created_at,
+            "route_counts": self.route_counts(),
+            "route_names": route_names,
+            "route_ids": [position[r] for r in self.routes],
+            "output_tokens": list(self.output_tokens),
+            "weights": list(self.weights),
+        }
+        if self.texts is not None:
+            meta["texts"] = list(self.texts)
+        return meta
+
+    @classmethod
+    def load(cls, directory: Path, *, expected_fingerprint: str | None) -> ExemplarIndex:
+        """Read an index saved by `save`; IndexLoadError says what is missing or wrong."""
+        directory = Path(directory)
+        meta_path, index_path = directory / META_FILE, directory / INDEX_FILE
+        for path in (meta_path, index_path):
+            if not path.is_file():
+                raise IndexLoadError(f"exemplar index {directory}: {path.name} is missing")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise IndexLoadError(f"exemplar index {meta_path}: unreadable: {exc}") from exc
+        if not isinstance(meta, dict):
+            raise IndexLoadError(f"exemplar index {meta_path}: not a JSON object")
+        version = meta.get("format_version")
+        if version != FORMAT_VERSION:
+            raise IndexLoadError(
+                f"exemplar index {directory}: format version {version!r}, this router reads "
+                f"{FORMAT_VERSION}; rebuild it with `inference-router index build`"
+            )
+        fingerprint = meta.get("fingerprint")
+        if expected_fingerprint is not None and fingerprint != expected_fingerprint:
+            raise IndexLoadError(
+                f"exemplar index {directory} was built with embedder {fingerprint}, but the "
+                f"running embedder is {expected_fingerprint}; rebuild the index with this "
+                "embedder"
+            )
+        try:
+            faiss_index = faiss.read_index(str(index_path))
+        except RuntimeError as exc:  # FAISS reports every read failure as RuntimeError
+            raise IndexLoadError(f"exemplar index {index_path}: corrupt: {exc}") from exc
+        try:
+            return _from_meta(faiss_index, meta)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise IndexLoadError(
+                f"exemplar index {directory}: meta.json does not match index.faiss: {exc!r}"
+            ) from exc
+
+
+def _from_meta(faiss_index: faiss.Index, meta: dict[str, object]) -> ExemplarIndex:
+    names = [str(n) for n in _as_list(meta["route_names"])]
+    routes = [names[_as_int(i)] for i in _as_list(meta["route_ids"])]
+    tokens = [None if t is None else _as_int(t) for t in _as_list(meta["output_tokens"])]
+    weights = [_as_float(w) for w in _as_list(meta["weights"])]
+    texts = [str(t) for t in _as_list(meta["texts"])] if "texts" in meta else None
+    kind = meta["kind"]
+    if kind not in ("flat", "hnsw"):
+        raise ValueError(f"unknown kind {kind!r}")
+    raw_projection = meta.get("projection", "none")
+    projection: Projection
+    if raw_projection == "lda":
+        projection = "lda"
+    elif raw_projection == "none":
+        projection = "none"
+    else:
+        raise ValueError(f"unknown projection {raw_projection!r}")
+    if _as_int(meta["dim"]) != faiss_index.d or _as_int(meta["count"]) != faiss_index.ntotal:
+        raise ValueError("dim or count differs from index.faiss")
+    index = ExemplarIndex(
+        faiss_index,
+        routes,
+        tokens,
+        weights,
+        fingerprint=str(meta["fingerprint"]),
+        kind=kind,
+        projection=projection,
+        texts=texts,
+        created_at=str(meta.get("created_at")),
+    )
+    if kind == "hnsw":  # efSearch is a search-time knob FAISS does not persist
+        hnsw: Any = index._inner()
+        hnsw.hnsw.efSearch = HNSW_EF_SEARCH
+    return index
+
+
+def _as_int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _as_float(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _as_list(value: object) -> list[object]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {type(value).__name__}")
+    return value
+
+
+def embed_in_batches(
+    texts: Sequence[str], embedder: Embedder, *, batch_size: int = 64, progress: bool = False
+) -> npt.NDArray[np.float32]:
+    """Embed many texts, shortest first (less padding), with an optional stderr progress bar."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = np.zeros((len(texts), embedder.dim), dtype=np.float32)
+    bar = _ProgressBar("embedding", len(texts)) if progress else None
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        out[chunk] = embedder.embed([texts[i] for i in chunk])
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    return out
+
+
+class _ProgressBar:
+    """A one-line text bar on stderr, redrawn at most once per percent."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self._label, self._total, self._done, self._shown = label, max(total, 1), 0, -1
+
+    def update(self, n: int) -> None:
+        self._done += n
+        percent = 100 * self._done // self._total
+        if percent != self._shown:
+            self._shown = percent
+            filled = percent * 30 // 100
+            bar = "#" * filled + "." * (30 - filled)
+            sys.stderr.write(f"\r{self._label} [{bar}] {self._done}/{self._total}")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def build_index_from_vectors(
+    vectors: npt.NDArray[np.float32],
+    exemplars: Sequence[Exemplar],
+    *,
+    fingerprint: str,
+    kind: IndexKind = "auto",
+    hnsw_threshold: int = 50_000,
+    projection: Projection = "none",
+    store_texts: bool = False,
+) -> ExemplarIndex:
+    """Index already-embedded exemplars (row i of `vectors` is exemplar i)."""
+    if kind not in get_args(IndexKind):
+        raise ValueError(f"kind must be one of {get_args(IndexKind)}, got {kind!r}")
+    if len(vectors) != len(exemplars):
+        raise ValueError("one vector per exemplar is needed")
+    if not exemplars:
+        raise ValueError("cannot build an index from no exemplars")
+    dim = int(vectors.shape[1])
+    auto: Literal["flat", "hnsw"] = "hnsw" if len(exemplars) >= hnsw_threshold else "flat"
+    chosen: Literal["flat", "hnsw"] = auto if kind == "auto" else kind
+    if projection not in get_args(Projection):
+        raise ValueError(f"projection must be one of {get_args(Projection)}, got {projection!r}")
+    routes = [e.route for e in exemplars]
+    lda = fit_lda(vectors, routes) if projection == "lda" else None
+    inner_dim = dim if lda is None else lda.out_dim
+    if chosen == "flat":
+        faiss_index: faiss.Index = faiss.IndexFlatIP(inner_dim)
+    else:
+        hnsw = faiss.IndexHNSWFlat(inner_dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        hnsw.hnsw.efSearch = HNSW_EF_SEARCH
+        faiss_index = hnsw
+    if lda is not None:
+        faiss_index = lda.wrap(faiss_index)
+    faiss_index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return ExemplarIndex(
+        faiss_index,
+        routes,
+        [e.output_tokens for e in exemplars],
+        [e.weight for e in exemplars],
+        fingerprint=fingerprint,
+        kind=chosen,
+        projection=projection,
+        texts=[e.text for e in exemplars] if store_texts else None,
+    )
+
+
+def build_index(
+    exemplars: Sequence[Exemplar],
+    embedder: Embedder,
+    *,
+    kind: IndexKind = "auto",
+    hnsw_threshold: int = 50_000,
+    progress: bool = False,
+    projection: Projection = "none",
+    store_texts: bool = False,
+    batch_size: int = 64,
+) -> ExemplarIndex:
+    """Embed the exemplars and index them: flat below `hnsw_threshold`, HNSW from it on."""
+    vectors = embed_in_batches(
+        [e.text for e in exemplars], embedder, batch_size=batch_size, progress=progress
+    )
+    return build_index_from_vectors(
+        vectors,
+        exemplars,
+        fingerprint=embedder.fingerprint,
+        kind=kind,
+        hnsw_threshold=hnsw_threshold,
+        projection=projection,
+        store_texts=store_texts,
+    )
+
+
+def configure_build_parser(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `inference-router index build`."""
+    parser.add_argument("exemplars", type=Path, nargs="+", help="JSONL exemplar file(s)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="index directory")
+    parser.add_argument("--kind", choices=get_args(IndexKind), default="auto")
+    parser.add_argument("--hnsw-threshold", type=int, default=50_000)
+    parser.add_argument(
+        "--projection",
+        choices=get_args(Projection),
+        default="none",
+        help="lda: learn a route-discriminating projection from the exemplars (many routes)",
+    )
+    parser.add_argument(
+        "--store-texts",
+        action="store_true",
+        help="keep exemplar texts in meta.json (for explanations; off by default for privacy)",
+    )
+    parser.add_argument("--data-dir", type=Path, default=None, help="embedding model cache")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    outcomes = parser.add_argument_group("outcome rows {text, outcomes} as exemplars")
+    outcomes.add_argument("--weak", help="weak model name in the outcome rows")
+    outcomes.add_argument("--strong", help="strong model name in the outcome rows")
+    outcomes.add_argument(
+        "--label-rule",
+        choices=("gain", "strong-wins", "weak-fails"),
+        default="gain",
+        help="how outcome rows become weak/strong/tie labels (sidecar/labels.py)",
+    )
+
+
+def run_build(args: argparse.Namespace) -> int:
+    """Build an index from exemplar files with the default embedder and save it."""
+    from sidecar.embedder import load_default_embedder
+
+    if args.weak is not None or args.strong is not None:
+        from sidecar.labels import load_rows, to_exemplars  # labels builds on this module
+
+        rows = [row for path in args.exemplars for row in load_rows(path)]
+        exemplars = to_exemplars(rows, weak=args.weak, strong=args.strong, rule=args.label_rule)
+    else:
+        exemplars = [e for path in args.exemplars for e in load_exemplars(path)]
+    embedder = load_default_embedder(args.data_dir)
+    index = build_index(
+        exemplars,
+        embedder,
+        kind=args.kind,
+        hnsw_threshold=args.hnsw_threshold,
+        progress=not args.quiet,
+        projection=args.projection,
+        store_texts=args.store_texts,
+    )
+    index.save(args.output)
+    counts = index.route_counts()
+    print(
+        f"wrote {args.output}: {len(index)} exemplars, {len(counts)} routes, "
+        f"{index.kind} index, embedder {index.fingerprint}"
+    )
+    return 0

@@ -1,0 +1,158 @@
+"""Threshold choice hits its targets on small in-memory sets; settings are merged, not replaced."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sidecar import embedder as embedder_module
+from sidecar.calibration import (
+    CalibrationPoint,
+    choose_need_threshold,
+    choose_thresholds,
+    configure_calibrate_parser,
+    required_recall,
+    run_calibrate,
+    write_classifier_settings,
+)
+from sidecar.errors import ConfigError
+from tests.fakes import HashEmbedder, write_jsonl
+
+
+def p(winner: str | None, gold: str | None, similarity: float) -> CalibrationPoint:
+    return CalibrationPoint(winner=winner, gold=gold, similarity=similarity)
+
+
+POINTS = [
+    # route a: four correct, one in-scope prompt it gets wrong
+    p("a", "a", 0.9),
+    p("a", "a", 0.8),
+    p("a", "a", 0.7),
+    p("a", "a", 0.6),
+    p("a", "b", 0.95),
+    # route b: two correct
+    p("b", "b", 0.9),
+    p("b", "b", 0.85),
+    # out of scope: two claimed by a, one by b, one the vote already refuses
+    p("a", None, 0.65),
+    p("a", None, 0.55),
+    p("b", None, 0.78),
+    p(None, None, 0.99),
+]
+
+
+def test_required_recall_without_and_with_a_confidence_bound() -> None:
+    assert required_recall(0.75, 100, 0.5) == pytest.approx(0.75)
+    bounded = required_recall(0.75, 100, 0.95)
+    assert 0.8 < bounded < 0.86
+    assert required_recall(0.75, 10_000, 0.95) < bounded  # more data, less slack
+    assert required_recall(0.99, 10, 0.95) == 1.0
+    with pytest.raises(ConfigError, match="confidence"):
+        required_recall(0.75, 100, 1.0)
+
+
+def test_global_threshold_is_the_lowest_meeting_the_recall_target() -> None:
+    choice = choose_thresholds(POINTS, target_recall=0.75, confidence=0.5)
+    # Catch 3 of 4: one is free, so reject the two lowest claimed (0.55, 0.65).
+    assert choice.threshold == pytest.approx(0.6501)
+    assert choice.route_thresholds == {}
+    assert choice.oos_recall == pytest.approx(0.75)
+    assert choice.accuracy == pytest.approx(5 / 7)
+    assert (choice.n_in_scope, choice.n_out_of_scope) == (7, 4)
+
+
+def test_per_route_offsets_buy_accuracy_at_the_same_recall() -> None:
+    choice = choose_thresholds(
+        POINTS, target_recall=0.75, confidence=0.5, max_route_offset=0.15, offset_steps=11
+    )
+    # b moves up past its out-of-scope prompt (0.78); a moves down to accept its 0.6.
+    assert choice.route_thresholds["b"] == pytest.approx(0.8001)
+    assert 0.55 < choice.route_thresholds["a"] <= 0.6
+    assert choice.oos_recall >= 0.75
+    assert choice.accuracy == pytest.approx(6 / 7)
+
+
+def test_a_stricter_target_raises_the_threshold() -> None:
+    loose = choose_thresholds(POINTS, target_recall=0.5, confidence=0.5)
+    strict = choose_thresholds(POINTS, target_recall=1.0, confidence=0.5)
+    assert loose.threshold < strict.threshold
+    assert strict.oos_recall == 1.0
+    assert strict.threshold == pytest.approx(0.7801)
+
+
+def test_threshold_choice_needs_both_kinds_of_prompt() -> None:
+    with pytest.raises(ConfigError, match="both"):
+        choose_thresholds([p("a", "a", 0.9)], target_recall=0.5)
+
+
+def test_need_threshold_hits_the_strong_share() -> None:
+    threshold, share = choose_need_threshold([0.9, 0.8, 0.7, 0.6, 0.5], 0.4)
+    assert (threshold, share) == (0.8, 0.4)
+    threshold, share = choose_need_threshold([0.9, 0.7, 0.7, 0.7, 0.5], 0.4)
+    assert share in (0.2, 0.8)  # ties: as close as they allow
+    assert choose_need_threshold([0.2, 0.4], 0.0)[1] == 0.0
+
+
+def test_settings_are_merged_into_the_classifier_section(tmp_path: Path) -> None:
+    path = tmp_path / "settings.yaml"
+    path.write_text(
+        yaml.safe_dump({"listen": "127.0.0.1:1", "classifier": {"k": 7, "threshold": 0.1}})
+    )
+    write_classifier_settings(path, {"threshold": 0.5, "route_thresholds": {"a": 0.6}})
+    data = yaml.safe_load(path.read_text())
+    assert data == {
+        "listen": "127.0.0.1:1",
+        "classifier": {"k": 7, "threshold": 0.5, "route_thresholds": {"a": 0.6}},
+    }
+    with pytest.raises(ConfigError, match=r"classifier\.thershold"):
+        write_classifier_settings(path, {"thershold": 0.5})
+    assert yaml.safe_load(path.read_text()) == data  # a refused update leaves the file alone
+
+
+def _calibrate(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr(embedder_module, "load_default_embedder", lambda *a, **k: HashEmbedder())
+    parser = argparse.ArgumentParser()
+    configure_calibrate_parser(parser)
+    return run_calibrate(parser.parse_args(argv))
+
+
+def test_calibrate_command_writes_thresholds_for_an_oos_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows: list[dict[str, object]] = []
+    for i in range(20):
+        rows.append({"text": f"book a flight to city {i}", "route": "travel"})
+        rows.append({"text": f"what is my bank balance number {i}", "route": "bank"})
+        rows.append({"text": f"random chatter about topic {i} tonight", "route": None})
+    exemplars = write_jsonl(tmp_path / "ex.jsonl", rows)
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("default_route: mid\n")
+    argv = ["--exemplars", str(exemplars), "--settings", str(settings), "--quiet"]
+    argv += ["--k", "3", "--target-oos-recall", "0.5", "--confidence", "0.5"]
+    assert _calibrate(argv, monkeypatch) == 0
+    data = yaml.safe_load(settings.read_text())
+    assert data["default_route"] == "mid"
+    assert data["classifier"]["k"] == 3
+    assert -1.0 <= data["classifier"]["threshold"] <= 1.0
+
+
+def test_calibrate_command_writes_a_need_threshold_for_a_share_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows: list[dict[str, object]] = []
+    for i in range(40):
+        hard = i % 4 == 0
+        words = "integral of a matrix eigenvalue" if hard else "add two small numbers"
+        rows.append({"text": f"{words} {i}", "outcomes": {"w": 0.0 if hard else 1.0, "s": 1.0}})
+    exemplars = write_jsonl(tmp_path / "outcomes.jsonl", rows)
+    settings = tmp_path / "settings.yaml"
+    argv = ["--exemplars", str(exemplars), "--settings", str(settings), "--quiet"]
+    argv += ["--weak", "w", "--strong", "s", "--k", "5", "--target-strong-share", "0.25"]
+    assert _calibrate(argv, monkeypatch) == 0
+    two_model = yaml.safe_load(settings.read_text())["classifier"]["two_model"]
+    assert two_model["weak"] == "weak"
+    assert two_model["strong"] == "strong"
+    assert 0.5 < two_model["need_threshold"] <= 1.0

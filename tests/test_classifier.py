@@ -1,0 +1,168 @@
+"""The vote: weights, ties, abstention by threshold, margin and out-of-scope negatives."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from sidecar.classifier import (
+    OUT_OF_SCOPE,
+    ClassifierConfig,
+    Neighbour,
+    TwoModelConfig,
+    need_score,
+    vote,
+)
+from sidecar.errors import ConfigError
+
+
+def n(route: str, similarity: float, tokens: int | None = None, weight: float = 1.0) -> Neighbour:
+    return Neighbour(route=route, similarity=similarity, output_tokens=tokens, weight=weight)
+
+
+FLAT = ClassifierConfig(k=10, threshold=0.0, temperature=1e6)  # kernel ~1: plain weighted count
+
+
+def test_majority_wins_and_scores_are_probabilities() -> None:
+    verdict = vote([n("a", 0.9), n("a", 0.8), n("b", 0.85)], FLAT)
+    assert verdict.route == "a"
+    assert verdict.scores["a"] == pytest.approx(2 / 3)
+    assert verdict.scores["b"] == pytest.approx(1 / 3)
+    assert sum(verdict.scores.values()) == pytest.approx(1.0)
+    assert verdict.confidence == pytest.approx(2 / 3)
+    assert verdict.margin == pytest.approx(1 / 3)
+    assert verdict.best_similarity == pytest.approx(0.9)
+    assert verdict.abstain_reason is None
+
+
+def test_exemplar_weights_scale_votes() -> None:
+    verdict = vote([n("a", 0.9), n("a", 0.9), n("b", 0.9, weight=3.0)], FLAT)
+    assert verdict.route == "b"
+    assert verdict.scores["b"] == pytest.approx(0.6)
+
+
+def test_temperature_lets_the_closest_neighbour_dominate() -> None:
+    neighbours = [n("a", 0.95), n("b", 0.80), n("b", 0.79)]
+    assert vote(neighbours, FLAT).route == "b"
+    sharp = ClassifierConfig(threshold=0.0, temperature=0.01)
+    verdict = vote(neighbours, sharp)
+    assert verdict.route == "a"
+    # exp((0.80 - 0.95) / 0.01) is negligible next to 1.
+    assert verdict.scores["a"] == pytest.approx(1 / (1 + math.exp(-15) + math.exp(-16)))
+
+
+def test_exact_tie_is_decided_the_same_whatever_the_neighbour_order() -> None:
+    neighbours = [n("b", 0.7), n("a", 0.7), n("c", 0.7), n("b", 0.7), n("a", 0.7)]
+    verdicts = [
+        vote(order, FLAT)
+        for order in (neighbours, neighbours[::-1], neighbours[1:] + neighbours[:1])
+    ]
+    assert {v.route for v in verdicts} == {"a"}
+    assert verdicts[0].margin == 0.0
+
+
+def test_abstains_below_the_default_threshold() -> None:
+    config = ClassifierConfig(threshold=0.6, temperature=1e6)
+    verdict = vote([n("a", 0.55), n("a", 0.5)], config)
+    assert verdict.route is None
+    assert verdict.abstain_reason == "below_threshold"
+    assert verdict.threshold == 0.6
+    assert verdict.best_similarity == pytest.approx(0.55)
+
+
+def test_per_route_threshold_overrides_the_default() -> None:
+    config = ClassifierConfig(threshold=0.6, route_thresholds={"a": 0.5}, temperature=1e6)
+    assert vote([n("a", 0.55)], config).route == "a"
+    assert vote([n("b", 0.55)], config).route is None
+    assert vote([n("a", 0.55)], config).threshold == 0.5
+
+
+def test_abstains_when_the_margin_is_too_small() -> None:
+    config = ClassifierConfig(threshold=0.0, min_margin=0.2, temperature=1e6)
+    verdict = vote([n("a", 0.9), n("a", 0.9), n("b", 0.9), n("c", 0.9)], config)
+    assert verdict.margin == pytest.approx(0.25)
+    assert verdict.route == "a"
+    verdict = vote([n("a", 0.9), n("a", 0.9), n("b", 0.9), n("b", 0.8), n("c", 0.9)], config)
+    assert verdict.margin == pytest.approx(0.0, abs=1e-6)
+    assert verdict.route is None
+    assert verdict.abstain_reason == "low_margin"
+
+
+def test_out_of_scope_neighbours_win_into_an_abstention() -> None:
+    verdict = vote([n(OUT_OF_SCOPE, 0.9), n(OUT_OF_SCOPE, 0.8), n("a", 0.85)], FLAT)
+    assert verdict.route is None
+    assert verdict.abstain_reason == "out_of_scope"
+    assert verdict.scores[OUT_OF_SCOPE] == pytest.approx(2 / 3)
+
+
+def test_out_of_scope_neighbours_take_probability_and_margin_from_routes() -> None:
+    config = ClassifierConfig(threshold=0.0, min_margin=0.3, temperature=1e6)
+    clean = vote([n("a", 0.9), n("a", 0.9), n("b", 0.9)], config)
+    assert clean.route == "a"
+    mixed = vote([n("a", 0.9), n("a", 0.9), n(OUT_OF_SCOPE, 0.9), n("b", 0.9)], config)
+    assert mixed.confidence == pytest.approx(0.5)
+    assert mixed.route is None
+    assert mixed.abstain_reason == "low_margin"
+
+
+def test_no_neighbours_abstains() -> None:
+    verdict = vote([], FLAT)
+    assert verdict.route is None
+    assert verdict.abstain_reason == "no_neighbours"
+    assert verdict.predicted_output_tokens is None
+
+
+def test_predicted_output_tokens_are_vote_weighted_over_known_lengths() -> None:
+    verdict = vote([n("a", 0.9, 100), n("a", 0.9, None), n("b", 0.9, 400, weight=3.0)], FLAT)
+    assert verdict.predicted_output_tokens == pytest.approx((100 + 3 * 400) / 4)
+    assert vote([n("a", 0.9)], FLAT).predicted_output_tokens is None
+
+
+def test_need_score_is_the_strong_minus_weak_evidence() -> None:
+    config = ClassifierConfig(threshold=0.0, temperature=1e6, two_model=TwoModelConfig())
+    assert need_score([n("strong", 0.9)] * 3, config) == pytest.approx(1.0)
+    assert need_score([n("weak", 0.9)] * 3, config) == pytest.approx(0.0)
+    mixed = [n("strong", 0.9), n("weak", 0.9), n("tie", 0.9), n("strong", 0.9)]
+    assert need_score(mixed, config) == pytest.approx(0.5 + 0.5 * (2 / 4 - 1 / 4))
+    assert need_score([n("tie", 0.9)], config) == pytest.approx(0.5)
+    assert need_score([], config) == pytest.approx(0.5)
+
+
+def test_two_model_route_follows_the_need_threshold() -> None:
+    config = ClassifierConfig(
+        threshold=0.0, temperature=1e6, two_model=TwoModelConfig(need_threshold=0.6)
+    )
+    neighbours = [n("strong", 0.9), n("weak", 0.9), n("tie", 0.9), n("tie", 0.9)]
+    verdict = vote(neighbours, config)
+    assert verdict.need_score == pytest.approx(0.5)
+    assert verdict.route == "weak"  # "tie" won the vote, but the need decides
+    verdict = vote([*neighbours, n("strong", 0.9)], config)
+    assert verdict.route == "strong"
+
+
+def test_need_score_requires_a_two_model_section() -> None:
+    with pytest.raises(ConfigError, match="two_model"):
+        need_score([n("strong", 0.9)], FLAT)
+
+
+def test_config_from_mapping_names_the_bad_key() -> None:
+    with pytest.raises(ConfigError, match=r"classifier\.temperature"):
+        ClassifierConfig.from_mapping({"temperature": -1})
+    with pytest.raises(ConfigError, match=r"classifier\.tresholds"):
+        ClassifierConfig.from_mapping({"tresholds": 0.5})
+    with pytest.raises(ConfigError, match=r"settings\.yaml: classifier\.route_thresholds\.a"):
+        ClassifierConfig.from_mapping(
+            {"route_thresholds": {"a": "high"}}, where="settings.yaml: classifier"
+        )
+    with pytest.raises(ConfigError, match=r"two_model"):
+        ClassifierConfig.from_mapping({"two_model": {"weak": "x", "strong": "x"}})
+
+
+def test_config_from_mapping_roundtrips_a_dump() -> None:
+    config = ClassifierConfig(
+        k=7, threshold=0.4, route_thresholds={"a": 0.45}, two_model=TwoModelConfig()
+    )
+    assert ClassifierConfig.from_mapping(config.model_dump(mode="json")) == config
+    assert config.threshold_for("a") == 0.45
+    assert config.threshold_for("b") == 0.4
