@@ -76,26 +76,37 @@ async def _one(stub: ext_grpc.ExternalProcessorStub, prompt: str) -> float:
     return time.perf_counter() - started
 
 
-async def drive(target: str, prompts: Sequence[str], concurrency: int) -> LoadResult:
-    """Send every prompt once, `concurrency` streams at a time."""
+async def drive(
+    target: str, prompts: Sequence[str], concurrency: int, rate: float | None = None
+) -> LoadResult:
+    """Send every prompt once, `concurrency` streams at a time, optionally paced at `rate`/s.
+
+    Unpaced, each stream sends its next prompt as soon as the last is answered (a closed
+    loop: the offered load is whatever the sidecar can take). Paced, prompt i is sent at
+    start + i/rate (an open loop: a fixed offered load, as real traffic arrives).
+    """
     latencies: list[float] = []
     failures = 0
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    for prompt in prompts:
-        queue.put_nowait(prompt)
+    queue: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
+    for position, prompt in enumerate(prompts):
+        queue.put_nowait((position, prompt))
+    started = time.perf_counter()
     async with grpc.aio.insecure_channel(target) as channel:
         stub = ext_grpc.ExternalProcessorStub(channel)
 
         async def worker() -> None:
             nonlocal failures
             while not queue.empty():
-                prompt = queue.get_nowait()
+                position, prompt = queue.get_nowait()
+                if rate is not None:
+                    delay = started + position / rate - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
                 try:
                     latencies.append(await _one(stub, prompt))
                 except (grpc.RpcError, RuntimeError):
                     failures += 1
 
-        started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - started
     return LoadResult(tuple(latencies), failures, wall)

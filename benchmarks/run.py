@@ -21,6 +21,7 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+from benchmarks import quality
 from benchmarks.extproc_load import LoadResult, drive
 from sidecar.stack import free_port, wait_grpc_serving
 
@@ -45,6 +46,14 @@ ASKS = [
 ENDS = ["keeps failing after the latest update on Monday", "could be made faster without "
         "rewriting everything", "should change given the new requirements from the team",
         "compares with the usual approach people take"]  # fmt: skip
+
+
+# (name, extra `serve` arguments); the defaults are measured beside their alternatives.
+VARIANTS: tuple[tuple[str, list[str]], ...] = (
+    ("semantic", []),
+    ("semantic_2thr", ["--config", "TWO_THREADS"]),
+    ("no_semantic", ["--no-semantic"]),
+)
 
 
 def prompts(count: int, seed: int) -> list[str]:
@@ -84,9 +93,11 @@ def start_sidecar(extra: list[str], workdir: Path) -> tuple[subprocess.Popen[byt
     return process, target, admin
 
 
-def _phase(target: str, admin: str, texts: list[str], streams: int) -> dict[str, float]:
+def _phase(
+    target: str, admin: str, texts: list[str], streams: int, rate: float | None = None
+) -> dict[str, float]:
     before = classifier_counts(admin)
-    result: LoadResult = asyncio.run(drive(target, texts, streams))
+    result: LoadResult = asyncio.run(drive(target, texts, streams, rate))
     after = classifier_counts(admin)
     summary = result.summary()
     done = sum(after.values()) - sum(before.values())
@@ -105,6 +116,8 @@ def measure(
     return {
         "sequential": _phase(target, admin, prompts(sequential, seed), 1),
         "concurrent_32": _phase(target, admin, prompts(concurrent, seed + 1), 32),
+        "open_60/s": _phase(target, admin, prompts(600, seed + 2), 32, rate=60),
+        "open_120/s": _phase(target, admin, prompts(1200, seed + 3), 32, rate=120),
         "cached_repeat": _phase(target, admin, ["hello there, how are you?"] * sequential, 1),
     }
 
@@ -115,31 +128,38 @@ def main() -> int:
     parser.add_argument("--sequential", type=int, default=400)
     parser.add_argument("--concurrent", type=int, default=3000)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "latest.json")
+    parser.add_argument("--skip-quality", action="store_true", help="latency only")
     args = parser.parse_args()
     results: dict[str, object] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        for name, extra in (("semantic", []), ("no_semantic", ["--no-semantic"])):
+        two_threads = Path(tmp) / "two-threads.yaml"
+        two_threads.write_text(f"envoy_config: {ROOT / 'envoy' / 'local.yaml'}\n"
+                               "semantic: {threads: 2}\n")  # fmt: skip
+        for name, extra in VARIANTS:
+            extra = [two_threads.as_posix() if a == "TWO_THREADS" else a for a in extra]
             process, target, admin = start_sidecar(extra, Path(tmp))
             try:
                 results[name] = measure(target, admin, 7, args.sequential, args.concurrent)
             finally:
                 process.terminate()
                 process.wait(30)
+    if not args.skip_quality:
+        results["quality"] = quality.run()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(
-        f"\n{'sidecar':<12} {'load':<16} {'p50 ms':>8} {'p99 ms':>8} {'dec/s':>8} "
+        f"\n{'sidecar':<14} {'load':<16} {'p50 ms':>8} {'p99 ms':>8} {'dec/s':>8} "
         f"{'fail':>5} {'classified':>10} {'shed':>6}"
     )
-    for name in ("semantic", "no_semantic"):
+    for name, _ in VARIANTS:
         section = results[name]
         assert isinstance(section, dict)
         for load, row in section.items():
             print(
-                f"{name:<12} {load:<16} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "
+                f"{name:<14} {load:<16} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "
                 f"{row['decisions_per_s']:>8.0f} {int(row['failures']):>5} "
                 f"{row['classified_share']:>10.0%} {row['shed_share']:>6.0%}"
             )

@@ -40,7 +40,7 @@ import yaml
 
 from sidecar.classifier import OUT_OF_SCOPE, ClassifierConfig, RouteVerdict, vote
 from sidecar.errors import ConfigError
-from sidecar.evaluation import (
+from sidecar.eval_command import (
     add_data_arguments,
     classify,
     gather_data,

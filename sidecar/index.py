@@ -22,17 +22,13 @@ silently wrong.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import math
 import os
 import shutil
-import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -41,9 +37,11 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from sidecar.classifier import OUT_OF_SCOPE, Neighbour
+from sidecar.batch_embedding import embed_in_batches
+from sidecar.classifier import Neighbour
 from sidecar.embedder import Embedder
-from sidecar.errors import ConfigError, IndexLoadError
+from sidecar.errors import IndexLoadError
+from sidecar.exemplars import Exemplar
 from sidecar.projection import fit_lda
 
 logger = logging.getLogger(__name__)
@@ -56,73 +54,6 @@ META_FILE = "meta.json"
 HNSW_NEIGHBOURS = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
-
-
-@dataclass(frozen=True, slots=True)
-class Exemplar:
-    """One labelled prompt; route OUT_OF_SCOPE marks a prompt the router must not claim."""
-
-    text: str
-    route: str
-    output_tokens: int | None = None
-    weight: float = 1.0
-
-
-def parse_exemplar(row: object, where: str) -> Exemplar:
-    """Validate one decoded JSONL row; `where` ("file:line") prefixes every error."""
-    if not isinstance(row, dict):
-        raise ConfigError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    unknown = sorted(set(row) - {"text", "route", "output_tokens", "weight"})
-    if unknown:
-        raise ConfigError(f"{where}: unknown field {unknown[0]!r}")
-    text = row.get("text")
-    if not isinstance(text, str) or not text.strip():
-        raise ConfigError(f"{where}: field 'text' must be a non-empty string")
-    if "route" not in row:
-        raise ConfigError(f"{where}: field 'route' is missing (use null for out-of-scope)")
-    route = row["route"]
-    if route is None:
-        route = OUT_OF_SCOPE
-    elif not isinstance(route, str) or not route.strip():
-        raise ConfigError(f"{where}: field 'route' must be a non-empty string or null")
-    elif route == OUT_OF_SCOPE:
-        raise ConfigError(f"{where}: field 'route' uses the reserved name; write null instead")
-    tokens = row.get("output_tokens")
-    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int)):
-        raise ConfigError(f"{where}: field 'output_tokens' must be an integer or null")
-    if tokens is not None and tokens < 0:
-        raise ConfigError(f"{where}: field 'output_tokens' must not be negative")
-    weight = row.get("weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
-        raise ConfigError(f"{where}: field 'weight' must be a positive number")
-    if not math.isfinite(weight):
-        raise ConfigError(f"{where}: field 'weight' must be finite")
-    return Exemplar(text=text, route=route, output_tokens=tokens, weight=float(weight))
-
-
-def read_jsonl(path: Path) -> Iterable[tuple[str, object]]:
-    """Yield ("file:line", decoded row) for each non-blank line; ConfigError on bad JSON."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from exc
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            yield f"{path}:{number}", json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}:{number}: not valid JSON: {exc.msg}") from exc
-
-
-def load_exemplars(path: Path) -> list[Exemplar]:
-    """Read a JSONL exemplar file; errors name the file, line and field."""
-    exemplars = [parse_exemplar(row, where) for where, row in read_jsonl(path)]
-    if not exemplars:
-        raise ConfigError(f"{path}: no exemplars")
-    return exemplars
 
 
 class ExemplarIndex:
@@ -344,44 +275,6 @@ def _as_list(value: object) -> list[object]:
     return value
 
 
-def embed_in_batches(
-    texts: Sequence[str], embedder: Embedder, *, batch_size: int = 64, progress: bool = False
-) -> npt.NDArray[np.float32]:
-    """Embed many texts, shortest first (less padding), with an optional stderr progress bar."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out = np.zeros((len(texts), embedder.dim), dtype=np.float32)
-    bar = _ProgressBar("embedding", len(texts)) if progress else None
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        out[chunk] = embedder.embed([texts[i] for i in chunk])
-        if bar is not None:
-            bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
-    return out
-
-
-class _ProgressBar:
-    """A one-line text bar on stderr, redrawn at most once per percent."""
-
-    def __init__(self, label: str, total: int) -> None:
-        self._label, self._total, self._done, self._shown = label, max(total, 1), 0, -1
-
-    def update(self, n: int) -> None:
-        self._done += n
-        percent = 100 * self._done // self._total
-        if percent != self._shown:
-            self._shown = percent
-            filled = percent * 30 // 100
-            bar = "#" * filled + "." * (30 - filled)
-            sys.stderr.write(f"\r{self._label} [{bar}] {self._done}/{self._total}")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
 def build_index_from_vectors(
     vectors: npt.NDArray[np.float32],
     exemplars: Sequence[Exemplar],
@@ -453,63 +346,3 @@ def build_index(
         projection=projection,
         store_texts=store_texts,
     )
-
-
-def configure_build_parser(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `inference-router index build`."""
-    parser.add_argument("exemplars", type=Path, nargs="+", help="JSONL exemplar file(s)")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="index directory")
-    parser.add_argument("--kind", choices=get_args(IndexKind), default="auto")
-    parser.add_argument("--hnsw-threshold", type=int, default=50_000)
-    parser.add_argument(
-        "--projection",
-        choices=get_args(Projection),
-        default="none",
-        help="lda: learn a route-discriminating projection from the exemplars (many routes)",
-    )
-    parser.add_argument(
-        "--store-texts",
-        action="store_true",
-        help="keep exemplar texts in meta.json (for explanations; off by default for privacy)",
-    )
-    parser.add_argument("--data-dir", type=Path, default=None, help="embedding model cache")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    outcomes = parser.add_argument_group("outcome rows {text, outcomes} as exemplars")
-    outcomes.add_argument("--weak", help="weak model name in the outcome rows")
-    outcomes.add_argument("--strong", help="strong model name in the outcome rows")
-    outcomes.add_argument(
-        "--label-rule",
-        choices=("gain", "strong-wins", "weak-fails"),
-        default="gain",
-        help="how outcome rows become weak/strong/tie labels (sidecar/labels.py)",
-    )
-
-
-def run_build(args: argparse.Namespace) -> int:
-    """Build an index from exemplar files with the default embedder and save it."""
-    from sidecar.embedder import load_default_embedder
-
-    if args.weak is not None or args.strong is not None:
-        from sidecar.labels import load_rows, to_exemplars  # labels builds on this module
-
-        rows = [row for path in args.exemplars for row in load_rows(path)]
-        exemplars = to_exemplars(rows, weak=args.weak, strong=args.strong, rule=args.label_rule)
-    else:
-        exemplars = [e for path in args.exemplars for e in load_exemplars(path)]
-    embedder = load_default_embedder(args.data_dir)
-    index = build_index(
-        exemplars,
-        embedder,
-        kind=args.kind,
-        hnsw_threshold=args.hnsw_threshold,
-        progress=not args.quiet,
-        projection=args.projection,
-        store_texts=args.store_texts,
-    )
-    index.save(args.output)
-    counts = index.route_counts()
-    print(
-        f"wrote {args.output}: {len(index)} exemplars, {len(counts)} routes, "
-        f"{index.kind} index, embedder {index.fingerprint}"
-    )
-    return 0

@@ -29,7 +29,7 @@ from typing import Literal, get_args
 
 from sidecar.classifier import OUT_OF_SCOPE
 from sidecar.errors import ConfigError
-from sidecar.index import Exemplar, parse_exemplar, read_jsonl
+from sidecar.exemplars import Exemplar, parse_exemplar, read_jsonl
 
 LabelRule = Literal["gain", "strong-wins", "weak-fails"]
 STRONG, WEAK, TIE = "strong", "weak", "tie"

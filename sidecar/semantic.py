@@ -33,7 +33,8 @@ from sidecar.classifier import ClassifierConfig, RouteVerdict, vote
 from sidecar.decision import SemanticRoute
 from sidecar.embedder import Embedder, OnnxEmbedder, default_data_dir, load_default_embedder
 from sidecar.errors import IndexLoadError
-from sidecar.index import ExemplarIndex, build_index, load_exemplars
+from sidecar.exemplars import load_exemplars
+from sidecar.index import ExemplarIndex, build_index
 from sidecar.server import SemanticParts
 from sidecar.service import Classification, NeighbourView
 from sidecar.settings import SemanticSettings, Settings

@@ -14,7 +14,8 @@ import pytest
 from sidecar.batcher import MicroBatcher
 from sidecar.classifier import ClassifierConfig
 from sidecar.errors import IndexLoadError
-from sidecar.index import Exemplar, ExemplarIndex, build_index
+from sidecar.exemplars import Exemplar
+from sidecar.index import ExemplarIndex, build_index
 from sidecar.semantic import SemanticClassifier
 from tests.fakes import HashEmbedder
 

@@ -1,0 +1,72 @@
+"""Routing quality on the shared evaluation data, by the same commands docs/EVALUATION.md shows.
+
+CLINC150 (intent routing with out-of-scope prompts): build an LDA index from the
+exemplars plus out-of-scope negatives, calibrate thresholds by leave-one-out on the
+exemplars only, then evaluate once on dev. RouteLLM GSM8K (weak vs strong model): five
+hash splits, 30 % held out each. Skipped, with a message, when the data is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+GSM_SEEDS = ("", "1", "2", "3", "4")
+
+
+def _cli(*args: str) -> str:
+    command = [sys.executable, "-m", "sidecar", "--log-level", "WARNING", *args]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:2])} failed:\n{result.stderr[-2000:]}")
+    return result.stdout
+
+
+def clinc150(workdir: Path) -> dict[str, object]:
+    """Index → calibrate (leave-one-out, no dev) → eval on dev."""
+    data = DATA / "clinc150"
+    index, settings = workdir / "clinc-index", workdir / "clinc.yaml"
+    _cli("index", "build", str(data / "exemplars.jsonl"), str(data / "oos_train.jsonl"),
+         "-o", str(index), "--projection", "lda", "--quiet")  # fmt: skip
+    _cli("calibrate", "--index", str(index), "--settings", str(settings), "--k", "20",
+         "--temperature", "0.1", "--target-oos-recall", "0.75", "--confidence", "0.95",
+         "--max-route-offset", "0.05", "--quiet")  # fmt: skip
+    out = _cli("eval", "--index", str(index), "--test", str(data / "dev.jsonl"),
+               "--config", str(settings), "--json", "--quiet")  # fmt: skip
+    result: dict[str, object] = json.loads(out)
+    return result
+
+
+def gsm8k() -> list[dict[str, object]]:
+    """APGR/CPT on five held-out splits."""
+    outcomes = DATA / "routellm-gsm8k" / "outcomes.jsonl"
+    runs = []
+    for seed in GSM_SEEDS:
+        out = _cli("eval", "--split", str(outcomes), "--holdout", "0.3", "--split-seed", seed,
+                   "--weak", "mixtral-8x7b-instruct", "--strong", "gpt-4-1106-preview",
+                   "--k", "50", "--temperature", "1.0", "--json", "--quiet")  # fmt: skip
+        runs.append(json.loads(out)["two_model"] | {"split_seed": seed})
+    return runs
+
+
+def run() -> dict[str, object]:
+    """Both evaluations, printed as they finish."""
+    if not DATA.is_dir():
+        print(f"quality: skipped, {DATA} is absent")
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        clinc = clinc150(Path(tmp))
+    summary = clinc.get("classification", clinc)
+    print(f"\nCLINC150 dev: {json.dumps(summary)[:400]}")
+    runs = gsm8k()
+    print("\nGSM8K held-out (30 %):  seed  APGR   CPT50  CPT80")
+    for r in runs:
+        print(f"{'':24}{r['split_seed']!s:>4}  {r['apgr']:.3f}  {r['cpt50']:.3f}  {r['cpt80']:.3f}")
+    mean = {k: sum(float(str(r[k])) for r in runs) / len(runs) for k in ("apgr", "cpt50", "cpt80")}
+    print(f"{'':24}mean  {mean['apgr']:.3f}  {mean['cpt50']:.3f}  {mean['cpt80']:.3f}")
+    return {"clinc150": clinc, "gsm8k": runs, "gsm8k_mean": mean}

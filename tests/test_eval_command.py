@@ -1,0 +1,95 @@
+"""The eval command end to end on small files, with a deterministic fake embedder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from sidecar import embedder as embedder_module
+from sidecar.errors import ConfigError
+from sidecar.eval_command import configure_eval_parser, run_eval
+from tests.fakes import HashEmbedder, write_jsonl
+
+
+def _eval(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr(embedder_module, "load_default_embedder", lambda *a, **k: HashEmbedder())
+    parser = argparse.ArgumentParser()
+    configure_eval_parser(parser)
+    return run_eval(parser.parse_args(argv))
+
+
+def test_eval_command_on_route_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exemplars = write_jsonl(
+        tmp_path / "ex.jsonl",
+        [
+            {"text": "book a flight to paris", "route": "travel"},
+            {"text": "book a hotel in rome", "route": "travel"},
+            {"text": "what is my bank balance", "route": "bank"},
+            {"text": "transfer money from my bank", "route": "bank"},
+            {"text": "tell me a joke about cats", "route": None},
+        ],
+    )
+    test = write_jsonl(
+        tmp_path / "test.jsonl",
+        [
+            {"text": "book a flight to rome", "route": "travel"},
+            {"text": "my bank balance please", "route": "bank"},
+            {"text": "a joke about cats please", "route": None},
+        ],
+    )
+    scores = tmp_path / "scores.jsonl"
+    argv = ["--exemplars", str(exemplars), "--test", str(test), "--json", "--quiet"]
+    argv += ["--k", "2", "--threshold", "0.2", "--scores-out", str(scores)]
+    assert _eval(argv, monkeypatch) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows"] == 3
+    assert report["classification"]["accuracy"] == 1.0
+    assert report["classification"]["oos_recall"] == 1.0
+    assert "two_model" not in report
+    lines = [json.loads(line) for line in scores.read_text().splitlines()]
+    assert [line["text"] for line in lines] == [
+        "book a flight to rome",
+        "my bank balance please",
+        "a joke about cats please",
+    ]
+    assert all(isinstance(line["score"], float) for line in lines)
+
+
+def test_eval_command_on_outcome_rows_with_a_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows: list[dict[str, object]] = []
+    for i in range(60):
+        hard = i % 2 == 0
+        words = "integral of a matrix eigenvalue" if hard else "add two small numbers"
+        rows.append(
+            {"text": f"{words} case {i}", "outcomes": {"w": 0.0 if hard else 1.0, "s": 1.0}}
+        )
+    data = write_jsonl(tmp_path / "outcomes.jsonl", rows)
+    curve_csv = tmp_path / "curve.csv"
+    argv = ["--split", str(data), "--holdout", "0.3", "--weak", "w", "--strong", "s"]
+    argv += ["--k", "5", "--temperature", "1.0", "--json", "--quiet", "--curve-csv", str(curve_csv)]
+    assert _eval(argv, monkeypatch) == 0
+    report = json.loads(capsys.readouterr().out)["two_model"]
+    # The words give the difficulty away, so the router ranks like the oracle.
+    assert report["apgr"] == pytest.approx(report["oracle_apgr"])
+    assert report["cpt50"] < 0.5
+    assert report["operating_point"]["need_threshold"] == 0.5
+    assert curve_csv.read_text().startswith("strong_share,")
+
+
+def test_eval_refuses_contradictory_sources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_jsonl(tmp_path / "x.jsonl", [{"text": "a", "route": "b"}])
+    with pytest.raises(ConfigError, match="--split replaces"):
+        _eval(["--split", str(path), "--test", str(path)], monkeypatch)
+    with pytest.raises(ConfigError, match="exactly one"):
+        _eval(["--test", str(path)], monkeypatch)
+    with pytest.raises(ConfigError, match="--test is required"):
+        _eval(["--exemplars", str(path)], monkeypatch)
