@@ -51,7 +51,7 @@ ENDS = ["keeps failing after the latest update on Monday", "could be made faster
 # (name, extra `serve` arguments); the defaults are measured beside their alternatives.
 VARIANTS: tuple[tuple[str, list[str]], ...] = (
     ("semantic", []),
-    ("semantic_2thr", ["--config", "TWO_THREADS"]),
+    ("semantic_1thr", ["--config", "ONE_THREAD"]),
     ("no_semantic", ["--no-semantic"]),
 )
 
@@ -135,11 +135,11 @@ def main() -> int:
                     "platform": platform.platform()},
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        two_threads = Path(tmp) / "two-threads.yaml"
-        two_threads.write_text(f"envoy_config: {ROOT / 'envoy' / 'local.yaml'}\n"
-                               "semantic: {threads: 2}\n")  # fmt: skip
+        one_thread = Path(tmp) / "one-thread.yaml"
+        one_thread.write_text(f"envoy_config: {ROOT / 'envoy' / 'local.yaml'}\n"
+                              "semantic: {threads: 1}\n")  # fmt: skip
         for name, extra in VARIANTS:
-            extra = [two_threads.as_posix() if a == "TWO_THREADS" else a for a in extra]
+            extra = [one_thread.as_posix() if a == "ONE_THREAD" else a for a in extra]
             process, target, admin = start_sidecar(extra, Path(tmp))
             try:
                 results[name] = measure(target, admin, 7, args.sequential, args.concurrent)

@@ -65,10 +65,12 @@ class ClassifierConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     k: int = Field(default=10, ge=1, le=1000)
-    threshold: float = Field(default=0.5, ge=-1.0, le=1.0)
+    # Defaults fit the shipped small/mid/frontier exemplars (leave-one-out, README);
+    # calibrate for any other exemplar set.
+    threshold: float = Field(default=0.25, ge=-1.0, le=1.0)
     route_thresholds: Mapping[str, float] = Field(default_factory=dict)
     min_margin: float = Field(default=0.0, ge=0.0, le=1.0)
-    temperature: float = Field(default=0.05, gt=0.0)
+    temperature: float = Field(default=0.1, gt=0.0)
     two_model: TwoModelConfig | None = None
 
     @model_validator(mode="after")
