@@ -196,6 +196,7 @@ class LocalStack:
         self._sidecar_args = list(sidecar_args)
         self._fail_open = fail_open
         self._workdir = workdir or Path(tempfile.mkdtemp(prefix="inference-router-"))
+        self._workdir.mkdir(parents=True, exist_ok=True)
         self._quiet = quiet
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.config_path = self._workdir / "envoy.yaml"
