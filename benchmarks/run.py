@@ -52,6 +52,7 @@ ENDS = ["keeps failing after the latest update on Monday", "could be made faster
 VARIANTS: tuple[tuple[str, list[str]], ...] = (
     ("semantic", []),
     ("semantic_1thr", ["--config", "ONE_THREAD"]),
+    ("semantic_int8", ["--config", "INT8"]),
     ("no_semantic", ["--no-semantic"]),
 )
 
@@ -135,11 +136,13 @@ def main() -> int:
                     "platform": platform.platform()},
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        one_thread = Path(tmp) / "one-thread.yaml"
-        one_thread.write_text(f"envoy_config: {ROOT / 'envoy' / 'local.yaml'}\n"
-                              "semantic: {threads: 1}\n")  # fmt: skip
+        configs = {}
+        for key, semantic in (("ONE_THREAD", "{threads: 1}"), ("INT8", "{quantize: int8}")):
+            configs[key] = Path(tmp) / f"{key.lower()}.yaml"
+            configs[key].write_text(f"envoy_config: {ROOT / 'envoy' / 'local.yaml'}\n"
+                                    f"semantic: {semantic}\n")  # fmt: skip
         for name, extra in VARIANTS:
-            extra = [one_thread.as_posix() if a == "ONE_THREAD" else a for a in extra]
+            extra = [configs[a].as_posix() if a in configs else a for a in extra]
             process, target, admin = start_sidecar(extra, Path(tmp))
             try:
                 results[name] = measure(target, admin, 7, args.sequential, args.concurrent)

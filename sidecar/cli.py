@@ -191,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # FAISS logs its CPU-feature probing (including a harmless ImportError) at INFO.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     run: Runner = args.run
     try:
         return run(args)

@@ -82,6 +82,7 @@ async def start_sidecar(settings: Settings, semantic_factory: SemanticFactory) -
         catalogue=catalogue,
         snapshot=ProviderSnapshot,
         classifier=semantic.classifier if semantic else None,
+        log_prompts=settings.log_prompts,
     )
     metrics = RouterMetrics()
     limit = settings.max_body_bytes + _GRPC_ENVELOPE_BYTES

@@ -83,8 +83,10 @@ class RoutingService:
         catalogue: Catalogue,
         snapshot: Callable[[], ProviderSnapshot],
         classifier: PromptClassifier | None = None,
+        log_prompts: bool = False,
     ) -> None:
         table.validate(catalogue)
+        self._log_prompts = log_prompts
         self._table = table
         self._catalogue = catalogue
         self._snapshot = snapshot
@@ -130,6 +132,17 @@ class RoutingService:
             route_policy=route_policy,
         )
         new_body = _rewrite_model(payload, decision.model) if decision.model_rewritten else None
+        if self._log_prompts:
+            # Opt-in only (settings.log_prompts): prompts can hold personal data.
+            log.info(
+                "decision %s: %s -> %s, routing text %r",
+                decision.decision_id, decision.route, decision.upstream, facts.routing_text,
+            )  # fmt: skip
+        else:
+            log.debug(
+                "decision %s: %s -> %s (%s)",
+                decision.decision_id, decision.route, decision.upstream, decision.reason,
+            )  # fmt: skip
         return Routed(decision=decision, classification=classification, body=new_body)
 
     def _needs_semantics(

@@ -75,6 +75,8 @@ class Settings(_Strict):
     routes: dict[str, RouteSettings] = Field(default_factory=dict)
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
     shutdown_grace_s: float = Field(default=5.0, ge=0)
+    # Log each request's routing text with its decision. Off by default: prompts are
+    # user data. Secrets (headers) are never logged either way.
     log_prompts: bool = False
     semantic: SemanticSettings = Field(default_factory=SemanticSettings)
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
