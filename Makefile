@@ -17,9 +17,9 @@ test: install
 	$(BIN)/pytest -q
 
 lint: install
-	$(BIN)/ruff check sidecar tests
-	$(BIN)/ruff format --check sidecar tests
-	$(BIN)/mypy sidecar tests
+	$(BIN)/ruff check sidecar tests benchmarks
+	$(BIN)/ruff format --check sidecar tests benchmarks
+	$(BIN)/mypy sidecar tests benchmarks
 
 bench: install
 	$(PY) -m benchmarks.run

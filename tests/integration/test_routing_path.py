@@ -180,3 +180,15 @@ def test_decide_api_explains(stack: LocalStack) -> None:
         with pytest.raises(grpc.RpcError) as caught:
             stub.Decide(router_pb2.DecideRequest(body=b"nope"), timeout=10)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_envoy_route_sets_the_policy(stack: LocalStack) -> None:
+    host = {"host": "quality.localhost"}
+    by_route = httpx.post(stack.base_url + CHAT, json=_chat_body(), headers=host)
+    assert by_route.headers["x-router-upstream"] == "sim-frontier"
+    header_wins = httpx.post(
+        stack.base_url + CHAT, json=_chat_body(), headers={**host, "x-router-policy": "cost"}
+    )
+    assert header_wins.headers["x-router-upstream"] == "sim-small"
+    models = httpx.get(stack.base_url + "/v1/models", headers=host)
+    assert models.status_code == 200
