@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -43,11 +42,6 @@ from sidecar.labels import (
     split_by_hash,
     to_exemplars,
 )
-
-
-def finite_or_none(value: float | None) -> float | None:
-    """JSON has no NaN: map non-finite metrics to None."""
-    return None if value is None or not math.isfinite(value) else value
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from sidecar.errors import RequestError
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
-ROUTED_PATHS = (CHAT_PATH, COMPLETIONS_PATH)
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 

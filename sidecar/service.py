@@ -17,8 +17,6 @@ from typing import Protocol
 
 from sidecar.catalogue import Catalogue
 from sidecar.decision import (
-    ALIAS_PREFIX,
-    AUTO_MODEL,
     Decision,
     Policy,
     ProviderSnapshot,
@@ -28,7 +26,7 @@ from sidecar.decision import (
     policy_for,
 )
 from sidecar.errors import RequestError
-from sidecar.request import Endpoint, RequestFacts, endpoint_for_path, parse_body, parse_request
+from sidecar.request import RequestFacts, endpoint_for_path, parse_body, parse_request
 
 log = logging.getLogger(__name__)
 
@@ -156,17 +154,7 @@ class RoutingService:
         )
 
 
-def is_router_alias(model: str) -> bool:
-    """True for model names the router resolves itself."""
-    return model == AUTO_MODEL or model.startswith(ALIAS_PREFIX)
-
-
 def _rewrite_model(payload: dict[str, object], model: str) -> bytes:
     rewritten = dict(payload)
     rewritten["model"] = model
     return json.dumps(rewritten, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def endpoint_of(path: str) -> Endpoint | None:
-    """Re-exported for adapters that only need to know whether a path is routed."""
-    return endpoint_for_path(path)

@@ -131,11 +131,6 @@ def set_fail_open(config: dict[str, object], fail_open: bool) -> None:
             typed["failure_mode_allow"] = fail_open
 
 
-def provider_clusters(config: Mapping[str, object], source: str) -> Catalogue:
-    """The catalogue of a config, checked the same way the sidecar checks it."""
-    return catalogue_from_envoy_config(config, source)
-
-
 def wait_http_ok(url: str, deadline_s: float, process: subprocess.Popen[bytes]) -> None:
     """Poll a URL until it answers 200, the process dies, or the deadline passes."""
     end = time.monotonic() + deadline_s
@@ -184,7 +179,7 @@ class LocalStack:
         quiet: bool = False,
     ) -> None:
         self.source = load_envoy_yaml(envoy_config)
-        self.catalogue = provider_clusters(self.source, str(envoy_config))
+        self.catalogue = catalogue_from_envoy_config(self.source, str(envoy_config))
         self.ports = ports or StackPorts(
             providers={p.cluster: 8101 + i for i, p in enumerate(self.catalogue.providers)}
         )
@@ -307,11 +302,6 @@ class LocalStack:
             tail = path.read_text(errors="replace").splitlines()[-lines:]
             parts.append(f"--- {path.name} ---\n" + "\n".join(tail))
         return "\n".join(parts)
-
-    def log_text(self, name: str) -> str:
-        """What a child wrote to its log (quiet mode only)."""
-        path = self._workdir / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
 
 
 def run_stack(stack: LocalStack) -> int:
