@@ -21,7 +21,7 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from benchmarks import quality
+from benchmarks import envoy_e2e, quality
 from benchmarks.extproc_load import LoadResult, drive
 from sidecar.stack import free_port, wait_grpc_serving
 
@@ -149,6 +149,7 @@ def main() -> int:
             finally:
                 process.terminate()
                 process.wait(30)
+    results["envoy_end_to_end"] = envoy_e2e.run()
     if not args.skip_quality:
         results["quality"] = quality.run()
     args.out.parent.mkdir(parents=True, exist_ok=True)
