@@ -53,6 +53,7 @@ VARIANTS: tuple[tuple[str, list[str]], ...] = (
     ("semantic", []),
     ("semantic_1thr", ["--config", "ONE_THREAD"]),
     ("semantic_int8", ["--config", "INT8"]),
+    ("semantic_q50ms", ["--config", "QUEUE_50"]),
     ("no_semantic", ["--no-semantic"]),
 )
 
@@ -76,6 +77,14 @@ def classifier_counts(admin: str) -> Counter[str]:
             label = line.split('classifier="', 1)[1].split('"', 1)[0]
             counts[label] += int(float(line.rsplit(" ", 1)[1]))
     return counts
+
+
+def resident_mib(pid: int) -> float:
+    """Resident memory of a process, from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 def start_sidecar(extra: list[str], workdir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
@@ -137,7 +146,12 @@ def main() -> int:
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         configs = {}
-        for key, semantic in (("ONE_THREAD", "{threads: 1}"), ("INT8", "{quantize: int8}")):
+        alternatives = (
+            ("ONE_THREAD", "{threads: 1}"),
+            ("INT8", "{quantize: int8}"),
+            ("QUEUE_50", "{max_queue_ms: 50}"),
+        )
+        for key, semantic in alternatives:
             configs[key] = Path(tmp) / f"{key.lower()}.yaml"
             configs[key].write_text(f"envoy_config: {ROOT / 'envoy' / 'local.yaml'}\n"
                                     f"semantic: {semantic}\n")  # fmt: skip
@@ -145,7 +159,9 @@ def main() -> int:
             extra = [configs[a].as_posix() if a in configs else a for a in extra]
             process, target, admin = start_sidecar(extra, Path(tmp))
             try:
-                results[name] = measure(target, admin, 7, args.sequential, args.concurrent)
+                section = measure(target, admin, 7, args.sequential, args.concurrent)
+                section["rss_mib"] = resident_mib(process.pid)
+                results[name] = section
             finally:
                 process.terminate()
                 process.wait(30)
@@ -159,9 +175,12 @@ def main() -> int:
         f"{'fail':>5} {'classified':>10} {'shed':>6}"
     )
     for name, _ in VARIANTS:
-        section = results[name]
-        assert isinstance(section, dict)
-        for load, row in section.items():
+        printed = results[name]
+        assert isinstance(printed, dict)
+        print(f"{name:<14} resident memory after the run: {printed['rss_mib']:.0f} MiB")
+        for load, row in printed.items():
+            if not isinstance(row, dict):
+                continue
             print(
                 f"{name:<14} {load:<16} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "
                 f"{row['decisions_per_s']:>8.0f} {int(row['failures']):>5} "
