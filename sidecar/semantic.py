@@ -95,7 +95,7 @@ class SemanticClassifier:
         *,
         index_path: Path | None,
         cache_size: int,
-        max_queue_s: float = 0.1,
+        max_queue_s: float = 0.05,
     ) -> None:
         self._batcher = batcher
         self._index = index

@@ -52,7 +52,9 @@ class SemanticSettings(_Strict):
     batch_wait_ms: float = Field(default=0.0, ge=0, le=50)
     # Shed load instead of queueing past Envoy's ext_proc message_timeout: when a new
     # prompt would wait longer than this for the model, decide without the classifier.
-    max_queue_ms: float = Field(default=100.0, gt=0)
+    # 50 ms measured best: same share classified as 100 ms at 120 req/s, half the p99
+    # under a flood (make bench).
+    max_queue_ms: float = Field(default=50.0, gt=0)
     cache_size: int = Field(default=4096, ge=0)
     watch_index: bool = True
 
