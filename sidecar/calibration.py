@@ -49,6 +49,7 @@ from sidecar.eval_command import (
 )
 from sidecar.index import ExemplarIndex
 from sidecar.labels import load_rows
+from sidecar.yaml_file import read_yaml_mapping
 
 _GRID = 1e-4  # thresholds are written with 4 decimals
 
@@ -197,13 +198,7 @@ def write_classifier_settings(path: Path, updates: Mapping[str, object]) -> None
     """Merge `updates` into the file's `classifier:` section, keeping every other key."""
     data: dict[str, object] = {}
     if path.exists():
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read settings: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: settings must be a YAML mapping")
-        data = loaded
+        data = read_yaml_mapping(path, "settings", empty_ok=True)
     section = data.get("classifier") or {}
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: classifier: must be a mapping")

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sidecar.errors import ConfigError
+from sidecar.yaml_file import read_yaml_mapping
 
 METADATA_KEY = "inference_router"
 
@@ -156,15 +156,7 @@ def catalogue_from_envoy_config(config: Mapping[str, object], source: str) -> Ca
 
 def load_envoy_yaml(path: Path) -> dict[str, object]:
     """Read an Envoy YAML file as a mapping, naming the file in any error."""
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read Envoy config: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: the Envoy config must be a YAML mapping")
-    return loaded
+    return read_yaml_mapping(path, "the Envoy config")
 
 
 def load_catalogue(path: Path) -> Catalogue:

@@ -16,8 +16,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import get_args
 
-import yaml
-
 from sidecar.batch_embedding import embed_in_batches
 from sidecar.classifier import ClassifierConfig, RouteVerdict, vote
 from sidecar.embedder import Embedder
@@ -42,6 +40,7 @@ from sidecar.labels import (
     split_by_hash,
     to_exemplars,
 )
+from sidecar.yaml_file import read_yaml_mapping
 
 
 @dataclass(frozen=True)
@@ -134,15 +133,7 @@ def load_classifier_config(
 
 def read_classifier_section(path: Path) -> Mapping[str, object]:
     """The `classifier:` mapping of a settings YAML file (empty if absent)."""
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: settings must be a YAML mapping")
-    section = loaded.get("classifier", {})
+    section = read_yaml_mapping(path, "settings", empty_ok=True).get("classifier", {})
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: classifier: must be a mapping")
     return section

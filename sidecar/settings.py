@@ -12,12 +12,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sidecar.classifier import ClassifierConfig
 from sidecar.decision import Policy, RouteTarget, RoutingTable
 from sidecar.errors import ConfigError
+from sidecar.yaml_file import read_yaml_mapping
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 
@@ -103,15 +103,7 @@ def load_settings(path: Path | None, overrides: Mapping[str, object]) -> Setting
     source = "settings"
     if path is not None:
         source = str(path)
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read settings: {exc.strerror}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: settings must be a YAML mapping")
-        raw = loaded
+        raw = read_yaml_mapping(path, "settings", empty_ok=True)
         relative_to = path.parent
         for key in ("envoy_config",):
             if isinstance(raw.get(key), str) and not Path(str(raw[key])).is_absolute():
