@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import pytest
+
+from sidecar import embedder as embedder_module
 
 
 class HashEmbedder:
@@ -50,7 +54,20 @@ class HashEmbedder:
         return rows
 
 
-def write_jsonl(path: Path, rows: Sequence[dict[str, object]]) -> Path:
+def write_jsonl(path: Path, rows: Sequence[Mapping[str, object]]) -> Path:
     """Write rows as JSON lines and return the path."""
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
+
+
+def run_command_with_fake_embedder(
+    configure: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int],
+    argv: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> int:
+    """Run a CLI subcommand with the default embedder replaced by `HashEmbedder`."""
+    monkeypatch.setattr(embedder_module, "load_default_embedder", lambda *a, **k: HashEmbedder())
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    return run(parser.parse_args(argv))

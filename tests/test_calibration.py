@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
 import yaml
 
-from sidecar import embedder as embedder_module
 from sidecar.calibration import (
     CalibrationPoint,
     choose_need_threshold,
@@ -19,7 +17,7 @@ from sidecar.calibration import (
     write_classifier_settings,
 )
 from sidecar.errors import ConfigError
-from tests.fakes import HashEmbedder, write_jsonl
+from tests.fakes import run_command_with_fake_embedder, write_jsonl
 
 
 def p(winner: str | None, gold: str | None, similarity: float) -> CalibrationPoint:
@@ -113,10 +111,9 @@ def test_settings_are_merged_into_the_classifier_section(tmp_path: Path) -> None
 
 
 def _calibrate(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
-    monkeypatch.setattr(embedder_module, "load_default_embedder", lambda *a, **k: HashEmbedder())
-    parser = argparse.ArgumentParser()
-    configure_calibrate_parser(parser)
-    return run_calibrate(parser.parse_args(argv))
+    return run_command_with_fake_embedder(
+        configure_calibrate_parser, run_calibrate, argv, monkeypatch
+    )
 
 
 def test_calibrate_command_writes_thresholds_for_an_oos_target(

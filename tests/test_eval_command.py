@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pytest
 
-from sidecar import embedder as embedder_module
 from sidecar.errors import ConfigError
 from sidecar.eval_command import configure_eval_parser, run_eval
-from tests.fakes import HashEmbedder, write_jsonl
+from tests.fakes import run_command_with_fake_embedder, write_jsonl
 
 
 def _eval(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
-    monkeypatch.setattr(embedder_module, "load_default_embedder", lambda *a, **k: HashEmbedder())
-    parser = argparse.ArgumentParser()
-    configure_eval_parser(parser)
-    return run_eval(parser.parse_args(argv))
+    return run_command_with_fake_embedder(configure_eval_parser, run_eval, argv, monkeypatch)
 
 
 def test_eval_command_on_route_rows(

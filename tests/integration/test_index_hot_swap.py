@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import pytest
 from inference_router.v1 import router_pb2, router_pb2_grpc
 from sidecar.semantic import shipped_exemplars
 from sidecar.stack import LocalStack
+from tests.fakes import write_jsonl
 from tests.integration.conftest import start_stack
 
 pytestmark = pytest.mark.integration
@@ -50,8 +50,7 @@ class Indexes:
 @pytest.fixture(scope="module")
 def indexes(tmp_path_factory: pytest.TempPathFactory) -> Indexes:
     root = tmp_path_factory.mktemp("indexes")
-    relabelled_jsonl = root / "relabelled.jsonl"
-    relabelled_jsonl.write_text("".join(json.dumps(r) + "\n" for r in RELABELLED))
+    relabelled_jsonl = write_jsonl(root / "relabelled.jsonl", RELABELLED)
     built = Indexes(root / "shipped", relabelled_jsonl, root / "relabelled")
     _build(shipped_exemplars(), built.shipped)
     _build(relabelled_jsonl, built.relabelled)
