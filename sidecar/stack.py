@@ -21,7 +21,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,38 +131,46 @@ def set_fail_open(config: dict[str, object], fail_open: bool) -> None:
             typed["failure_mode_allow"] = fail_open
 
 
-def wait_http_ok(url: str, deadline_s: float, process: subprocess.Popen[bytes]) -> None:
-    """Poll a URL until it answers 200, the process dies, or the deadline passes."""
+def _wait_until(
+    ready: Callable[[], bool], what: str, deadline_s: float, process: subprocess.Popen[bytes]
+) -> None:
+    """Poll `ready` until it is true, the process dies, or the deadline passes."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         if process.poll() is not None:
             raise StackError(f"{process.args!r} exited with {process.returncode} while starting")
+        if ready():
+            return
+        time.sleep(0.05)
+    raise StackError(f"{what} did not become ready within {deadline_s:.0f}s")
+
+
+def wait_http_ok(url: str, deadline_s: float, process: subprocess.Popen[bytes]) -> None:
+    """Wait until a URL answers 200."""
+
+    def answers() -> bool:
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
+                return bool(response.status == 200)
         except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.05)
-    raise StackError(f"{url} did not become ready within {deadline_s:.0f}s")
+            return False
+
+    _wait_until(answers, url, deadline_s, process)
 
 
 def wait_grpc_serving(target: str, deadline_s: float, process: subprocess.Popen[bytes]) -> None:
-    """Poll gRPC health until SERVING, the process dies, or the deadline passes."""
-    end = time.monotonic() + deadline_s
+    """Wait until gRPC health at `target` reports SERVING."""
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < end:
-            if process.poll() is not None:
-                raise StackError(f"the sidecar exited with {process.returncode} while starting")
+
+        def serving() -> bool:
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
             except grpc.RpcError:
-                pass
-            time.sleep(0.05)
-    raise StackError(f"the sidecar at {target} did not report SERVING within {deadline_s:.0f}s")
+                return False
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+        _wait_until(serving, f"the sidecar at {target}", deadline_s, process)
 
 
 class LocalStack:
