@@ -54,11 +54,40 @@ def gsm8k() -> list[dict[str, object]]:
     return runs
 
 
+def shipped_leave_one_out() -> dict[str, float]:
+    """Each shipped exemplar classified by all the others, with the default settings."""
+    from sidecar.classifier import ClassifierConfig, vote
+    from sidecar.embedder import load_default_embedder
+    from sidecar.exemplars import load_exemplars
+    from sidecar.index import build_index
+    from sidecar.semantic import shipped_exemplars
+
+    tiers = ["small", "mid", "frontier"]
+    exemplars = load_exemplars(shipped_exemplars())
+    index = build_index(exemplars, load_default_embedder())
+    config = ClassifierConfig()
+    verdicts = [vote(n, config) for n in index.self_neighbours(config.k)]
+    pairs = list(zip(verdicts, exemplars, strict=True))
+    n = len(pairs)
+    return {
+        "exemplars": float(n),
+        "own_tier": sum(v.route == e.route for v, e in pairs) / n,
+        "abstained": sum(v.route is None for v, _ in pairs) / n,
+        "two_tiers_off": sum(
+            v.route is not None and abs(tiers.index(v.route) - tiers.index(e.route)) == 2
+            for v, e in pairs
+        )
+        / n,
+    }
+
+
 def run() -> dict[str, object]:
     """Both evaluations, printed as they finish."""
+    shipped = shipped_leave_one_out()
+    print(f"\nshipped exemplars, leave-one-out: {json.dumps(shipped)}")
     if not DATA.is_dir():
-        print(f"quality: skipped, {DATA} is absent")
-        return {}
+        print(f"quality: CLINC150 and GSM8K skipped, {DATA} is absent")
+        return {"shipped_leave_one_out": shipped}
     with tempfile.TemporaryDirectory() as tmp:
         clinc = clinc150(Path(tmp))
     summary = clinc.get("classification", clinc)
@@ -69,4 +98,5 @@ def run() -> dict[str, object]:
         print(f"{'':24}{r['split_seed']!s:>4}  {r['apgr']:.3f}  {r['cpt50']:.3f}  {r['cpt80']:.3f}")
     mean = {k: sum(float(str(r[k])) for r in runs) / len(runs) for k in ("apgr", "cpt50", "cpt80")}
     print(f"{'':24}mean  {mean['apgr']:.3f}  {mean['cpt50']:.3f}  {mean['cpt80']:.3f}")
-    return {"clinc150": clinc, "gsm8k": runs, "gsm8k_mean": mean}
+    return {"shipped_leave_one_out": shipped, "clinc150": clinc, "gsm8k": runs,
+            "gsm8k_mean": mean}  # fmt: skip
