@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from sidecar.stack import LocalStack, StackPorts
+from sidecar.devstack.stack import LocalStack, StackPorts
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUESTS, WORKERS = 1000, 8

@@ -56,11 +56,11 @@ def gsm8k() -> list[dict[str, object]]:
 
 def shipped_leave_one_out() -> dict[str, float]:
     """Each shipped exemplar classified by all the others, with the default settings."""
-    from sidecar.classifier import ClassifierConfig, vote
-    from sidecar.embedder import load_default_embedder
-    from sidecar.exemplars import load_exemplars
-    from sidecar.index import build_index
-    from sidecar.semantic import shipped_exemplars
+    from sidecar.core.vote import ClassifierConfig, vote
+    from sidecar.semantic.embedder import load_default_embedder
+    from sidecar.semantic.exemplars import load_exemplars
+    from sidecar.semantic.index import build_index
+    from sidecar.semantic.classifier import shipped_exemplars
 
     tiers = ["small", "mid", "frontier"]
     exemplars = load_exemplars(shipped_exemplars())

@@ -1,14 +1,14 @@
-"""One error hierarchy for the whole router.
+"""One error hierarchy for the whole router (the provider simulator keeps its own).
 
-Every error says whose fault it is: the caller's request (`RequestError`, becomes an
-HTTP 4xx with an OpenAI-style body) or our own configuration and state (`ConfigError`,
-`IndexLoadError`, ...). The edges (ext_proc, the gRPC API, the CLI) turn these into
-statuses in exactly one place each; nothing below them catches and hides an error.
+Every error says whose fault it is: the caller's request (`RequestError` and its
+`NotFoundError`), or our own configuration, files and state (`ConfigError`,
+`IndexLoadError`, `EmbedderError`, `OutputError`, `StackError`). Nothing here knows a
+transport: the edges turn these into HTTP statuses and OpenAI-style bodies, gRPC statuses
+or exit codes, each in exactly one place (`sidecar.serving.statuses`, `sidecar.cli.main`).
+Nothing below the edges catches and hides an error.
 """
 
 from __future__ import annotations
-
-import json
 
 
 class RouterError(Exception):
@@ -16,33 +16,17 @@ class RouterError(Exception):
 
 
 class RequestError(RouterError):
-    """The client's request is unusable; carries the HTTP status and OpenAI error fields."""
+    """The client's request is unusable; `code` and `param` are OpenAI's error fields."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int = 400,
-        code: str = "invalid_request",
-        param: str | None = None,
-        error_type: str = "invalid_request_error",
-    ) -> None:
+    def __init__(self, message: str, *, code: str = "invalid_request", param: str | None = None):
         super().__init__(message)
         self.message = message
-        self.status = status
         self.code = code
         self.param = param
-        self.error_type = error_type
 
-    def openai_body(self) -> bytes:
-        """The JSON body OpenAI itself would send for this error."""
-        error: dict[str, str | None] = {
-            "message": self.message,
-            "type": self.error_type,
-            "code": self.code,
-            "param": self.param,
-        }
-        return json.dumps({"error": error}).encode()
+
+class NotFoundError(RequestError):
+    """The request names something the router does not have: a model, a path."""
 
 
 class ConfigError(RouterError):
@@ -54,4 +38,12 @@ class IndexLoadError(RouterError):
 
 
 class EmbedderError(RouterError):
-    """The embedding model cannot be built or loaded."""
+    """The embedding model cannot be built, loaded or run."""
+
+
+class OutputError(RouterError):
+    """A result file (scores, curve, plot, settings) cannot be written where asked."""
+
+
+class StackError(RouterError):
+    """A child process of the local stack failed to start or died."""

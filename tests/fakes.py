@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from sidecar import embedder as embedder_module
+from sidecar.semantic import embedder as embedder_module
 
 
 class HashEmbedder:

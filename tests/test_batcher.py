@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from sidecar.batcher import MicroBatcher
+from sidecar.semantic.micro_batcher import MicroBatcher
 from sidecar.errors import EmbedderError
 from tests.fakes import HashEmbedder
 

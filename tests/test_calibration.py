@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sidecar.calibration import (
+from sidecar.evaluation.calibration import (
     CalibrationPoint,
     choose_need_threshold,
     choose_thresholds,

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sidecar.catalogue import catalogue_from_envoy_config, load_catalogue
+from sidecar.config.envoy import catalogue_from_envoy_config, load_catalogue
 from sidecar.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from sidecar.classifier import (
+from sidecar.core.vote import (
     OUT_OF_SCOPE,
     ClassifierConfig,
     Neighbour,

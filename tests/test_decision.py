@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.catalogue import Catalogue, Price, Provider
-from sidecar.decision import (
+from sidecar.config.envoy import Catalogue, Price, Provider
+from sidecar.core.decision import (
     Decision,
     Policy,
     ProviderSnapshot,
@@ -14,7 +14,7 @@ from sidecar.decision import (
     decide,
 )
 from sidecar.errors import ConfigError, RequestError
-from sidecar.request import Endpoint, RequestFacts
+from sidecar.core.request import Endpoint, RequestFacts
 
 CATALOGUE = Catalogue(
     providers=(

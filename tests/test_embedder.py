@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from sidecar.embedder import (
+from sidecar.semantic.embedder import (
     DEFAULT_TOKENIZER_NAME,
     OnnxEmbedder,
     configure_parser,
@@ -22,7 +22,7 @@ from sidecar.embedder import (
     run,
 )
 from sidecar.errors import EmbedderError
-from sidecar.onnx_export import PACKAGE_NAME, build_minilm_onnx, locate_packaged_minilm
+from sidecar.semantic.minilm_graph import PACKAGE_NAME, build_minilm_onnx, locate_packaged_minilm
 
 REFERENCE = Path(__file__).parent / "fixtures" / "minilm_reference.json"
 

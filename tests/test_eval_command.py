@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.errors import ConfigError
-from sidecar.eval_command import configure_eval_parser, run_eval
+from sidecar.evaluation.pipeline import configure_eval_parser, run_eval
 from tests.fakes import run_command_with_fake_embedder, write_jsonl
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.errors import ConfigError
-from sidecar.evaluation import (
+from sidecar.evaluation.metrics import (
     RoutingCurve,
     apgr,
     classification_metrics,
@@ -19,7 +19,7 @@ from sidecar.evaluation import (
     two_model_metrics,
     write_curve_csv,
 )
-from sidecar.labels import LabelledRow, hash_fraction, label_outcome, split_by_hash, to_exemplars
+from sidecar.evaluation.datasets import LabelledRow, hash_fraction, label_outcome, split_by_hash, to_exemplars
 
 # Four prompts: the strong model helps on 1 and 2, hurts on 3, changes nothing on 0.
 WEAK = [1.0, 0.0, 0.0, 1.0]

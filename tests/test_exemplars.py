@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.classifier import OUT_OF_SCOPE
+from sidecar.core.vote import OUT_OF_SCOPE
 from sidecar.errors import ConfigError
-from sidecar.exemplars import Exemplar, load_exemplars
+from sidecar.semantic.exemplars import Exemplar, load_exemplars
 from tests.fakes import write_jsonl
 
 

@@ -11,11 +11,11 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
 
-from sidecar.catalogue import Catalogue, Price, Provider
-from sidecar.decision import ProviderSnapshot, RoutingTable
-from sidecar.extproc import ROUTE_POLICY_METADATA, ExternalProcessor
-from sidecar.metrics import RouterMetrics
-from sidecar.service import RoutingService
+from sidecar.config.envoy import Catalogue, Price, Provider
+from sidecar.core.decision import ProviderSnapshot, RoutingTable
+from sidecar.serving.extproc import ROUTE_POLICY_METADATA, ExternalProcessor
+from sidecar.serving.metrics import RouterMetrics
+from sidecar.serving.service import RoutingService
 
 CATALOGUE = Catalogue(
     providers=(

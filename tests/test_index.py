@@ -9,10 +9,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from sidecar.classifier import OUT_OF_SCOPE
+from sidecar.core.vote import OUT_OF_SCOPE
 from sidecar.errors import ConfigError, IndexLoadError
-from sidecar.exemplars import Exemplar
-from sidecar.index import (
+from sidecar.semantic.exemplars import Exemplar
+from sidecar.semantic.index import (
     META_FILE,
     ExemplarIndex,
     build_index,

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from sidecar.errors import RequestError
-from sidecar.request import (
+from sidecar.core.request import (
     ROUTING_TEXT_HEAD_CHARS,
     ROUTING_TEXT_TAIL_CHARS,
     Endpoint,

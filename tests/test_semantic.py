@@ -11,12 +11,12 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from sidecar.batcher import MicroBatcher
-from sidecar.classifier import ClassifierConfig
+from sidecar.semantic.micro_batcher import MicroBatcher
+from sidecar.core.vote import ClassifierConfig
 from sidecar.errors import IndexLoadError
-from sidecar.exemplars import Exemplar
-from sidecar.index import ExemplarIndex, build_index
-from sidecar.semantic import SemanticClassifier
+from sidecar.semantic.exemplars import Exemplar
+from sidecar.semantic.index import ExemplarIndex, build_index
+from sidecar.semantic.classifier import SemanticClassifier
 from tests.fakes import HashEmbedder
 
 CONFIG = ClassifierConfig(k=3, threshold=0.2, temperature=0.05)

@@ -7,10 +7,10 @@ import logging
 
 import pytest
 
-from sidecar.catalogue import Catalogue, Price, Provider
-from sidecar.decision import ProviderSnapshot, RoutingTable
+from sidecar.config.envoy import Catalogue, Price, Provider
+from sidecar.core.decision import ProviderSnapshot, RoutingTable
 from sidecar.errors import RequestError
-from sidecar.service import RoutingService
+from sidecar.serving.service import RoutingService
 
 CATALOGUE = Catalogue(
     providers=(

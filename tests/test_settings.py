@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sidecar.decision import Policy
+from sidecar.core.decision import Policy
 from sidecar.errors import ConfigError
-from sidecar.settings import load_settings
+from sidecar.config.settings import load_settings
 
 
 def _write(tmp_path: Path, data: object) -> Path:

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from sidecar.errors import ConfigError, RequestError
-from sidecar.simulator import (
+from sidecar.simulator.server import (
     LoopPacer,
     Pacer,
     SimulatorConfig,
@@ -27,9 +27,9 @@ from sidecar.simulator import (
     due_tokens,
     start,
 )
-from sidecar.simulator_answer import compose_answer, count_tokens, split_tokens
-from sidecar.simulator_load import AdmissionGate, QueueFullError
-from sidecar.simulator_protocol import parse_chat_request, parse_text_request
+from sidecar.simulator.answer import compose_answer, count_tokens, split_tokens
+from sidecar.simulator.load import AdmissionGate, QueueFullError
+from sidecar.simulator.protocol import parse_chat_request, parse_text_request
 
 MODEL = "sim-model"
 WAIT_LIMIT_S = 10.0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.stack import LocalStack, StackPorts
+from sidecar.devstack.stack import LocalStack, StackPorts
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL_CONFIG = ROOT / "envoy" / "local.yaml"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sidecar.stack import envoy_binary
+from sidecar.devstack.stack import envoy_binary
 
 pytestmark = pytest.mark.integration
 

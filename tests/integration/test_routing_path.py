@@ -11,7 +11,7 @@ import pytest
 from openai import OpenAI
 
 from inference_router.v1 import router_pb2, router_pb2_grpc
-from sidecar.stack import LocalStack
+from sidecar.devstack.stack import LocalStack
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from inference_router.v1 import router_pb2, router_pb2_grpc
-from sidecar.stack import LocalStack
+from sidecar.devstack.stack import LocalStack
 from tests.integration.conftest import start_stack
 
 pytestmark = pytest.mark.integration

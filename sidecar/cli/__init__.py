@@ -1,0 +1,1 @@
+"""The `inference-router` command line: one module per subcommand."""

@@ -1,0 +1,46 @@
+"""`inference-router model build`: build (or find) the default ONNX embedding model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import get_args
+
+from sidecar.semantic.options import Quantize
+
+HELP = "build the ONNX embedding model"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `inference-router model build`."""
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where to cache the model (default: $INFERENCE_ROUTER_DATA, else "
+        "$XDG_CACHE_HOME/inference-router, else ~/.cache/inference-router)",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=get_args(Quantize),
+        default="none",
+        help="also write a dynamically int8-quantised copy and report that one",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build (or find) the default model and print its path and fingerprint."""
+    from sidecar.semantic.model_store import (
+        DEFAULT_TOKENIZER_NAME,
+        default_data_dir,
+        default_model_path,
+        load_default_embedder,
+    )
+
+    data_dir: Path = default_data_dir() if args.data_dir is None else args.data_dir
+    embedder = load_default_embedder(data_dir, quantize=args.quantize, threads=1)
+    print(f"model: {default_model_path(data_dir, args.quantize)}")
+    print(f"tokenizer: {data_dir / DEFAULT_TOKENIZER_NAME}")
+    print(f"dim: {embedder.dim}")
+    print(f"fingerprint (max_tokens={embedder.max_tokens}): {embedder.fingerprint}")
+    return 0

@@ -1,0 +1,1 @@
+"""Operator configuration: sidecar settings, the Envoy YAML catalogue loader, file I/O."""

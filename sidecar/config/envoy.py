@@ -1,0 +1,98 @@
+"""The provider catalogue, read from the same Envoy YAML that Envoy runs.
+
+Every Envoy cluster that carries `metadata.filter_metadata.inference_router` is a
+provider the router may choose. Keeping the catalogue in Envoy's own config means one
+source of truth: the router can never name an upstream Envoy does not know, and an
+operator edits one file to add a provider.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sidecar.config.files import read_yaml_mapping
+from sidecar.config.validation import validate
+from sidecar.core.catalogue import Catalogue, Engine, Price, Provider
+from sidecar.errors import ConfigError
+
+METADATA_KEY = "inference_router"
+
+
+class _PriceModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+class _ProviderModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    model: str = Field(min_length=1)
+    tier: str = Field(min_length=1)
+    price_per_mtok: _PriceModel
+    aliases: list[str] = Field(default_factory=list)
+    metrics_url: str | None = None
+    engine: Engine = "vllm"
+    ttft_ms: float = Field(default=300.0, gt=0)
+    tokens_per_s: float = Field(default=80.0, gt=0)
+    max_concurrency: int = Field(default=64, ge=1)
+
+
+def _provider_from_metadata(cluster: str, raw: object, source: str) -> Provider:
+    parsed = validate(
+        _ProviderModel,
+        raw,
+        f"{source}: cluster {cluster!r}",
+        section=f"metadata.filter_metadata.{METADATA_KEY}",
+    )
+    return Provider(
+        cluster=cluster,
+        model=parsed.model,
+        tier=parsed.tier,
+        price=Price(parsed.price_per_mtok.input, parsed.price_per_mtok.output),
+        aliases=tuple(parsed.aliases),
+        metrics_url=parsed.metrics_url,
+        engine=parsed.engine,
+        ttft_s=parsed.ttft_ms / 1000.0,
+        tokens_per_s=parsed.tokens_per_s,
+        max_concurrency=parsed.max_concurrency,
+    )
+
+
+def catalogue_from_envoy_config(config: Mapping[str, object], source: str) -> Catalogue:
+    """Build the catalogue from a parsed Envoy bootstrap config."""
+    static = config.get("static_resources")
+    clusters_raw = static.get("clusters") if isinstance(static, Mapping) else None
+    if not isinstance(clusters_raw, list):
+        raise ConfigError(f"{source}: static_resources.clusters: missing or not a list")
+    providers: list[Provider] = []
+    names: set[str] = set()
+    for position, cluster in enumerate(clusters_raw):
+        if not isinstance(cluster, Mapping) or not isinstance(cluster.get("name"), str):
+            raise ConfigError(f"{source}: static_resources.clusters[{position}]: has no name")
+        name = str(cluster["name"])
+        if name in names:
+            raise ConfigError(f"{source}: cluster {name!r} is defined twice")
+        names.add(name)
+        metadata = cluster.get("metadata")
+        filter_metadata = metadata.get("filter_metadata") if isinstance(metadata, Mapping) else None
+        if isinstance(filter_metadata, Mapping) and METADATA_KEY in filter_metadata:
+            providers.append(_provider_from_metadata(name, filter_metadata[METADATA_KEY], source))
+    if not providers:
+        raise ConfigError(
+            f"{source}: no cluster carries metadata.filter_metadata.{METADATA_KEY}; "
+            "the router has no provider to choose"
+        )
+    return Catalogue(providers=tuple(providers), clusters=frozenset(names), source=source)
+
+
+def load_envoy_yaml(path: Path) -> dict[str, object]:
+    """Read an Envoy YAML file as a mapping, naming the file in any error."""
+    return read_yaml_mapping(path, "the Envoy config")
+
+
+def load_catalogue(path: Path) -> Catalogue:
+    """Load and validate the provider catalogue from an Envoy YAML file."""
+    return catalogue_from_envoy_config(load_envoy_yaml(path), str(path))

@@ -1,0 +1,114 @@
+"""Sidecar-only settings: a short YAML file (optional) plus command-line overrides.
+
+The provider catalogue is not here: it lives in the Envoy YAML (see `sidecar.config.envoy`). This
+file holds what only the sidecar needs: ports, the routing table, the semantic model
+and index, and limits. Every key is typed and unknown keys are refused, so a typo is an
+error that names the key rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sidecar.config.files import read_yaml_mapping
+from sidecar.config.validation import validate
+from sidecar.core.decision import RouteTarget, RoutingTable
+from sidecar.core.policy import Policy
+from sidecar.core.vote import VoteConfig
+
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RouteSettings(_Strict):
+    """A semantic route's target: a tier or explicit clusters."""
+
+    tier: str | None = None
+    clusters: list[str] = Field(default_factory=list)
+
+
+class SemanticSettings(_Strict):
+    """The embedder, the exemplar index and the request-level cache."""
+
+    enabled: bool = True
+    index: Path | None = None
+    exemplars: Path | None = None
+    data_dir: Path | None = None
+    onnx_model: Path | None = None
+    tokenizer: Path | None = None
+    max_tokens: int = Field(default=128, ge=8, le=512)
+    # Two intra-op threads measured best on 2 cores (make bench: 1 vs 2 side by side).
+    threads: int = Field(default=2, ge=1, le=64)
+    quantize: Literal["none", "int8"] = "none"
+    batch_max: int = Field(default=16, ge=1, le=256)
+    # 0: a lone request goes straight to the model; under load batches form by themselves
+    # while the previous batch runs (see batcher.py).
+    batch_wait_ms: float = Field(default=0.0, ge=0, le=50)
+    # Shed load instead of queueing past Envoy's ext_proc message_timeout: when a new
+    # prompt would wait longer than this for the model, decide without the classifier.
+    # 50 ms measured best: same share classified as 100 ms at 120 req/s, half the p99
+    # under a flood (make bench).
+    max_queue_ms: float = Field(default=50.0, gt=0)
+    cache_size: int = Field(default=4096, ge=0)
+    watch_index: bool = True
+
+    @model_validator(mode="after")
+    def _model_needs_tokenizer(self) -> SemanticSettings:
+        if (self.onnx_model is None) != (self.tokenizer is None):
+            # pydantic's way to report a problem; `validate` turns it into a ConfigError.
+            raise ValueError("onnx_model and tokenizer must be given together")
+        return self
+
+
+class Settings(_Strict):
+    """Everything the sidecar reads at start."""
+
+    envoy_config: Path
+    listen: str = "127.0.0.1:50051"
+    admin_listen: str = "127.0.0.1:9464"
+    tiers: list[str] = Field(default_factory=lambda: ["small", "mid", "frontier"], min_length=1)
+    default_route: str = "mid"
+    default_policy: Policy = Policy.BALANCED
+    routes: dict[str, RouteSettings] = Field(default_factory=dict)
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
+    shutdown_grace_s: float = Field(default=5.0, ge=0)
+    # Log each request's routing text with its decision. Off by default: prompts are
+    # user data. Secrets (headers) are never logged either way.
+    log_prompts: bool = False
+    semantic: SemanticSettings = Field(default_factory=SemanticSettings)
+    classifier: VoteConfig = Field(default_factory=VoteConfig)
+
+    def routing_table(self) -> RoutingTable:
+        """The part of the settings the decision core routes by."""
+        routes = {
+            name: RouteTarget(tier=route.tier, clusters=tuple(route.clusters))
+            for name, route in self.routes.items()
+        }
+        return RoutingTable(
+            tiers=tuple(self.tiers),
+            default_route=self.default_route,
+            default_policy=self.default_policy,
+            routes=routes,
+        )
+
+
+def load_settings(path: Path | None, overrides: Mapping[str, object]) -> Settings:
+    """Read the settings file (if any) and apply overrides, naming any bad key."""
+    raw: dict[str, object] = {}
+    source = "settings"
+    if path is not None:
+        source = str(path)
+        raw = read_yaml_mapping(path, "settings", empty_ok=True)
+        relative_to = path.parent
+        for key in ("envoy_config",):
+            if isinstance(raw.get(key), str) and not Path(str(raw[key])).is_absolute():
+                raw[key] = str(relative_to / str(raw[key]))
+    raw.update({key: value for key, value in overrides.items() if value is not None})
+    return validate(Settings, raw, source)

@@ -1,0 +1,227 @@
+"""The decision core: request facts + provider state in, one routing decision out.
+
+This module is pure. It reads no clock, no network and no files; everything it needs
+arrives as arguments (the parsed request, the semantic route if one was computed, the
+catalogue, an immutable snapshot of live provider state) and everything it decides
+leaves in the returned `Decision`, including the reasons. That keeps it fast to test
+and makes every decision reproducible from its inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from sidecar.core.catalogue import Catalogue, Price, Provider
+from sidecar.core.policy import Intent, Policy
+from sidecar.core.request import RequestFacts
+from sidecar.core.vote import SHED, RouteVerdict
+from sidecar.errors import ConfigError, NotFoundError
+
+# Output length assumed when nothing better is known (no neighbours, no max_tokens).
+DEFAULT_OUTPUT_TOKENS = 256.0
+
+
+@dataclass(frozen=True)
+class RouteTarget:
+    """Where a semantic route sends traffic: a tier, or an explicit list of clusters."""
+
+    tier: str | None = None
+    clusters: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    """Operator settings the core routes by (validated against the catalogue at start)."""
+
+    tiers: tuple[str, ...]
+    default_route: str
+    default_policy: Policy = Policy.BALANCED
+    routes: Mapping[str, RouteTarget] = field(default_factory=dict)
+
+    def target(self, route: str) -> RouteTarget:
+        """The target of a route; a route named like a tier goes to that tier."""
+        return self.routes.get(route, RouteTarget(tier=route))
+
+    def validate(self, catalogue: Catalogue) -> None:
+        """Refuse settings that would name a tier or cluster Envoy does not have."""
+        for tier in self.tiers:
+            if not catalogue.in_tier(tier):
+                raise ConfigError(f"tiers: tier {tier!r} has no provider cluster in the catalogue")
+        for route in (*self.routes, self.default_route):
+            target = self.target(route)
+            for cluster in target.clusters:
+                if cluster not in catalogue.clusters:
+                    raise ConfigError(f"routes.{route}: cluster {cluster!r} is not in Envoy config")
+                catalogue.provider(cluster)
+            if target.tier is not None and target.tier not in self.tiers:
+                raise ConfigError(f"routes.{route}: tier {target.tier!r} is not one of tiers")
+            if target.tier is None and not target.clusters:
+                raise ConfigError(f"routes.{route}: needs a tier or a list of clusters")
+
+
+@dataclass(frozen=True)
+class ProviderState:
+    """Live facts about one provider; None means 'not known or too stale to trust'."""
+
+    healthy: bool = True
+    queue_waiting: float | None = None
+    ttft_s: float | None = None
+    tokens_per_s: float | None = None
+    price: Price | None = None
+
+
+@dataclass(frozen=True)
+class ProviderSnapshot:
+    """An immutable view of every provider's live state at one moment."""
+
+    states: Mapping[str, ProviderState] = field(default_factory=dict)
+
+    def state(self, cluster: str) -> ProviderState:
+        """The state of a cluster, or the neutral default."""
+        return self.states.get(cluster, _NEUTRAL)
+
+
+_NEUTRAL = ProviderState()
+
+
+@dataclass(frozen=True)
+class CandidateCost:
+    """One provider considered for a request, with its expected cost and latency."""
+
+    cluster: str
+    model: str
+    tier: str
+    expected_cost_usd: float
+    expected_latency_s: float
+    healthy: bool
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where to send one request, what to send, and why."""
+
+    decision_id: str
+    upstream: str
+    route: str
+    tier: str
+    policy: Policy
+    model: str
+    model_rewritten: bool
+    reason: str
+    predicted_output_tokens: float
+    candidates: tuple[CandidateCost, ...]
+
+
+def decide(
+    facts: RequestFacts,
+    intent: Intent,
+    *,
+    decision_id: str,
+    table: RoutingTable,
+    catalogue: Catalogue,
+    snapshot: ProviderSnapshot,
+    verdict: RouteVerdict | None = None,
+) -> Decision:
+    """Choose the upstream cluster and model for one request."""
+    output_tokens = _predicted_output_tokens(facts, verdict)
+    if intent.explicit_model is not None:
+        providers = catalogue.serving(intent.explicit_model)
+        if not providers:
+            raise NotFoundError(
+                f"the model {intent.explicit_model!r} does not exist or is not routed here",
+                code="model_not_found",
+                param="model",
+            )
+        route, reason = "explicit", f"client asked for model {intent.explicit_model!r}"
+    else:
+        route, reason = _route_for(intent.policy, verdict, table)
+        providers = _providers_for(route, intent.policy, table, catalogue)
+    candidates = tuple(_cost(p, facts, output_tokens, snapshot) for p in providers)
+    chosen = _choose(candidates, intent.policy)
+    provider = catalogue.provider(chosen.cluster)
+    return Decision(
+        decision_id=decision_id,
+        upstream=chosen.cluster,
+        route=route,
+        tier=provider.tier,
+        policy=intent.policy,
+        model=provider.model,
+        model_rewritten=provider.model != facts.model,
+        reason=f"{reason}; {_why(chosen, candidates, intent.policy)}",
+        predicted_output_tokens=output_tokens,
+        candidates=candidates,
+    )
+
+
+def _route_for(
+    policy: Policy, verdict: RouteVerdict | None, table: RoutingTable
+) -> tuple[str, str]:
+    if policy is Policy.QUALITY:
+        return table.tiers[-1], "policy quality goes to the heaviest tier"
+    if policy in (Policy.COST, Policy.SPEED):
+        return table.tiers[0], f"policy {policy.value} goes to the lightest tier"
+    default = table.default_route
+    if verdict is None:
+        return default, f"default route {default}"
+    if verdict.route is not None:
+        return verdict.route, f"semantic route {verdict.route} (p={verdict.confidence:.2f})"
+    if verdict.abstain_reason == SHED:
+        return default, f"classifier shed load (model busy); default route {default}"
+    return default, f"classifier abstained ({verdict.abstain_reason}); default route {default}"
+
+
+def _providers_for(
+    route: str, policy: Policy, table: RoutingTable, catalogue: Catalogue
+) -> tuple[Provider, ...]:
+    target = table.target(route)
+    if target.clusters:
+        return tuple(catalogue.provider(c) for c in target.clusters)
+    tier = target.tier if target.tier is not None else table.default_route
+    providers = catalogue.in_tier(tier)
+    if not providers:
+        raise ConfigError(f"route {route!r}: tier {tier!r} has no provider")
+    return providers
+
+
+def _predicted_output_tokens(facts: RequestFacts, verdict: RouteVerdict | None) -> float:
+    predicted = DEFAULT_OUTPUT_TOKENS
+    if verdict is not None and verdict.predicted_output_tokens is not None:
+        predicted = verdict.predicted_output_tokens
+    if facts.max_tokens is not None:
+        predicted = min(predicted, float(facts.max_tokens))
+    return predicted
+
+
+def _cost(
+    provider: Provider, facts: RequestFacts, output_tokens: float, snapshot: ProviderSnapshot
+) -> CandidateCost:
+    state = snapshot.state(provider.cluster)
+    price = state.price or provider.price
+    ttft = state.ttft_s if state.ttft_s is not None else provider.ttft_s
+    rate = state.tokens_per_s if state.tokens_per_s is not None else provider.tokens_per_s
+    service_s = ttft + output_tokens / rate
+    # Each waiting request ahead of us holds a slot for about one service time.
+    queue_s = (state.queue_waiting or 0.0) * service_s / provider.max_concurrency
+    return CandidateCost(
+        cluster=provider.cluster,
+        model=provider.model,
+        tier=provider.tier,
+        expected_cost_usd=price.cost_usd(facts.prompt_tokens, output_tokens),
+        expected_latency_s=queue_s + service_s,
+        healthy=state.healthy,
+    )
+
+
+def _choose(candidates: tuple[CandidateCost, ...], policy: Policy) -> CandidateCost:
+    pool = [c for c in candidates if c.healthy] or list(candidates)
+    if policy is Policy.SPEED:
+        return min(pool, key=lambda c: (c.expected_latency_s, c.expected_cost_usd))
+    return min(pool, key=lambda c: (c.expected_cost_usd, c.expected_latency_s))
+
+
+def _why(chosen: CandidateCost, candidates: tuple[CandidateCost, ...], policy: Policy) -> str:
+    if len(candidates) == 1:
+        return f"{chosen.cluster} is the only candidate"
+    measure = "fastest" if policy is Policy.SPEED else "cheapest"
+    return f"{chosen.cluster} is the {measure} of {len(candidates)} candidates"

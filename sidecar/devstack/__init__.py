@@ -1,0 +1,1 @@
+"""The local dev stack (Envoy, sidecar, simulators as child processes) and its clients."""

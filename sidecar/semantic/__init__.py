@@ -1,0 +1,1 @@
+"""The semantic engine: ONNX embedder, micro-batcher, FAISS exemplar index, classifier."""

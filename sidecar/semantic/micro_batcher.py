@@ -1,0 +1,150 @@
+"""Async micro-batching of embedding calls.
+
+Theory: an ONNX encoder costs far less per text in a batch than alone, and its call
+blocks, so it must never run on the event loop. `MicroBatcher` owns one worker thread and
+at most one batch in flight. A request joins a pending list; the list is dispatched as a
+batch when it holds `max_batch` texts, or when its oldest text has waited `max_wait_s`,
+but only while the worker is idle. While a batch runs, newcomers accumulate and go out
+together as soon as it finishes (they have already waited longer than `max_wait_s`), so
+under load batches grow by themselves and at low load a lone request waits at most
+`max_wait_s` before the model runs. Each waiter gets its own row; if the model raises,
+every waiter of that batch gets the exception.
+
+The batcher also keeps a running estimate of the model's cost per text, so callers can
+see how long a new text would wait (`expected_wait_s`) and shed load before waiting.
+
+All state is touched only from the event loop thread; the worker thread only runs
+`embedder.embed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from sidecar.errors import EmbedderError
+from sidecar.semantic.embedder import Embedder
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Waiter:
+    text: str
+    future: asyncio.Future[npt.NDArray[np.float32]]
+
+
+class MicroBatcher:
+    """Coalesces concurrent `embed` calls into batched calls on one worker thread."""
+
+    def __init__(self, embedder: Embedder, *, max_batch: int = 16, max_wait_s: float = 0.001):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if max_wait_s < 0:
+            raise ValueError(f"max_wait_s must not be negative, got {max_wait_s}")
+        self._embedder = embedder
+        self._max_batch = max_batch
+        self._max_wait_s = max_wait_s
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
+        self._pending: list[_Waiter] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._in_flight: asyncio.Task[None] | None = None
+        self._in_flight_texts = 0
+        self._seconds_per_text: float | None = None
+        self._closed = False
+
+    @property
+    def embedder(self) -> Embedder:
+        """The embedder every batch is sent to."""
+        return self._embedder
+
+    def expected_wait_s(self) -> float:
+        """How long a text submitted now would wait for its row (0 until measured)."""
+        if self._seconds_per_text is None:
+            return 0.0
+        return (len(self._pending) + self._in_flight_texts + 1) * self._seconds_per_text
+
+    async def embed(self, text: str) -> npt.NDArray[np.float32]:
+        """Embed one text, sharing a model call with whatever arrives alongside it."""
+        if self._closed:
+            raise EmbedderError("the embedding batcher is closed")
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(text, loop.create_future())
+        self._pending.append(waiter)
+        if len(self._pending) >= self._max_batch:
+            self._cancel_timer()
+            self._dispatch()
+        elif len(self._pending) == 1 and self._in_flight is None:
+            self._timer = loop.call_later(self._max_wait_s, self._on_timer)
+        return await waiter.future
+
+    async def close(self) -> None:
+        """Refuse new texts, finish every accepted one, then stop the worker thread."""
+        self._closed = True
+        self._cancel_timer()
+        while self._pending or self._in_flight is not None:
+            if self._in_flight is None:
+                self._dispatch()
+            if self._in_flight is not None:
+                await asyncio.shield(self._in_flight)
+        self._executor.shutdown(wait=True)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _dispatch(self) -> None:
+        if self._in_flight is not None:
+            return  # the running batch dispatches the pending ones when it finishes
+        # Callers that gave up (cancelled) while pending need no model time.
+        self._pending = [w for w in self._pending if not w.future.done()]
+        if not self._pending:
+            return
+        batch = self._pending[: self._max_batch]
+        del self._pending[: self._max_batch]
+        self._in_flight_texts = len(batch)
+        self._in_flight = asyncio.get_running_loop().create_task(self._run(batch))
+
+    async def _run(self, batch: list[_Waiter]) -> None:
+        loop = asyncio.get_running_loop()
+        texts = [w.text for w in batch]
+        started = loop.time()
+        try:
+            rows = await loop.run_in_executor(self._executor, self._embedder.embed, texts)
+            self._observe(loop.time() - started, len(batch))
+            if rows.shape[0] != len(batch):
+                raise EmbedderError(f"embedder returned {rows.shape[0]} rows for {len(batch)}")
+        except asyncio.CancelledError:
+            for w in batch:
+                w.future.cancel()
+            raise
+        except Exception as exc:
+            logger.warning("embedding batch of %d failed: %s", len(batch), exc)
+            for w in batch:
+                if not w.future.done():
+                    w.future.set_exception(exc)
+        else:
+            for i, w in enumerate(batch):
+                if not w.future.done():
+                    w.future.set_result(rows[i].copy())
+        finally:
+            self._in_flight = None
+            self._in_flight_texts = 0
+            # Whatever arrived meanwhile has waited a whole batch already: send it now.
+            self._dispatch()
+
+    def _observe(self, seconds: float, texts: int) -> None:
+        # An exponentially weighted mean follows load and CPU contention within a few batches.
+        per_text = seconds / texts
+        previous = self._seconds_per_text
+        self._seconds_per_text = per_text if previous is None else 0.8 * previous + 0.2 * per_text

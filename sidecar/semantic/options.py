@@ -1,0 +1,13 @@
+"""Names of the semantic engine's build options, importable without loading FAISS or ONNX.
+
+The command line offers these as choices; a process that only parses arguments (the
+simulator, `check`) must not pay for importing the heavy libraries behind them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+IndexKind = Literal["auto", "flat", "hnsw"]
+Projection = Literal["none", "lda"]
+Quantize = Literal["none", "int8"]

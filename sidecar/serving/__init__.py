@@ -1,0 +1,1 @@
+"""The running sidecar: composition root, routing service, ext_proc and API edges, metrics."""

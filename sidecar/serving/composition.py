@@ -1,0 +1,110 @@
+"""The composition root of the semantic engine: everything it needs, built from settings.
+
+This is the one module that knows how the parts fit: which embedder the settings ask
+for, which index to load or build (cached in the data directory by exemplar-file and
+embedder fingerprint), the micro-batcher in front of the model, the classifier, and the
+watcher that hot-swaps a rebuilt index. Nothing below it reads settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from sidecar.config.settings import SemanticSettings, Settings
+from sidecar.errors import IndexLoadError
+from sidecar.semantic.classifier import IndexInfo, SemanticClassifier, watch_index
+from sidecar.semantic.embedder import Embedder, OnnxEmbedder
+from sidecar.semantic.exemplars import load_exemplars, shipped_exemplars
+from sidecar.semantic.index import ExemplarIndex, build_index
+from sidecar.semantic.micro_batcher import MicroBatcher
+from sidecar.semantic.model_store import default_data_dir, load_default_embedder
+
+log = logging.getLogger(__name__)
+
+IndexReloader = Callable[[str | None], Awaitable[IndexInfo]]
+
+
+@dataclass(frozen=True)
+class SemanticParts:
+    """The semantic classifier, how to reload its index, and how to shut it down."""
+
+    classifier: SemanticClassifier
+    reload_index: IndexReloader
+    close: Callable[[], Awaitable[None]]
+
+
+SemanticFactory = Callable[[Settings], Awaitable[SemanticParts | None]]
+
+
+def make_embedder(settings: SemanticSettings) -> Embedder:
+    """The configured embedder: a user-supplied ONNX model or the packaged MiniLM."""
+    if settings.onnx_model is not None and settings.tokenizer is not None:
+        return OnnxEmbedder(
+            settings.onnx_model,
+            settings.tokenizer,
+            max_tokens=settings.max_tokens,
+            threads=settings.threads,
+        )
+    return load_default_embedder(
+        settings.data_dir,
+        quantize=settings.quantize,
+        max_tokens=settings.max_tokens,
+        threads=settings.threads,
+    )
+
+
+def default_index(settings: SemanticSettings, embedder: Embedder) -> ExemplarIndex:
+    """Build (once, then cache in the data dir) the index of the configured exemplars."""
+    exemplars_path = settings.exemplars or shipped_exemplars()
+    digest = hashlib.sha256(exemplars_path.read_bytes())
+    digest.update(embedder.fingerprint.encode())
+    data_dir = settings.data_dir or default_data_dir()
+    cached = data_dir / "indexes" / digest.hexdigest()[:16]
+    with contextlib.suppress(IndexLoadError):
+        return ExemplarIndex.load(cached, expected_fingerprint=embedder.fingerprint)
+    log.info("building the exemplar index from %s", exemplars_path)
+    index = build_index(load_exemplars(exemplars_path), embedder)
+    index.save(cached)
+    return index
+
+
+async def build_semantic(settings: Settings) -> SemanticParts | None:
+    """Build the semantic classifier for the sidecar, or None when it is disabled."""
+    semantic = settings.semantic
+    if not semantic.enabled:
+        return None
+    embedder = await asyncio.to_thread(make_embedder, semantic)
+    if semantic.index is not None:
+        index = await asyncio.to_thread(
+            ExemplarIndex.load, semantic.index, expected_fingerprint=embedder.fingerprint
+        )
+    else:
+        index = await asyncio.to_thread(default_index, semantic, embedder)
+    batcher = MicroBatcher(
+        embedder, max_batch=semantic.batch_max, max_wait_s=semantic.batch_wait_ms / 1000
+    )
+    classifier = SemanticClassifier(
+        batcher,
+        index,
+        settings.classifier,
+        index_path=semantic.index,
+        cache_size=semantic.cache_size,
+        max_queue_s=semantic.max_queue_ms / 1000,
+    )
+    watcher: asyncio.Task[None] | None = None
+    if semantic.index is not None and semantic.watch_index:
+        watcher = asyncio.create_task(watch_index(classifier, semantic.index))
+
+    async def close() -> None:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        await batcher.close()
+
+    return SemanticParts(classifier=classifier, reload_index=classifier.reload, close=close)

@@ -1,0 +1,174 @@
+"""Envoy ext_proc adapter: the ExternalProcessor gRPC service in front of RoutingService.
+
+Envoy opens one bidirectional stream per HTTP request. With `request_header_mode: SEND`
+and `request_body_mode: BUFFERED` it sends the request headers (we answer CONTINUE and
+remember them), then the whole body in one message; the decision is answered in the
+body response: routing headers, a `model` rewrite with a matching `content-length`, and
+`clear_route_cache` so Envoy re-matches the route on the header we just set. A bad
+request gets an ImmediateResponse with an OpenAI-style error body. Nothing here decides
+anything; it only translates between Envoy's messages and the service.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
+from envoy.type.v3 import http_status_pb2
+
+from sidecar.core.request import endpoint_for_path
+from sidecar.core.vote import SHED
+from sidecar.errors import RequestError
+from sidecar.serving.metrics import RouterMetrics
+from sidecar.serving.service import ROUTE_POLICY_METADATA, Routed, RoutingService
+from sidecar.serving.statuses import http_status, openai_error_body
+
+log = logging.getLogger(__name__)
+
+UPSTREAM_HEADER = "x-router-upstream"
+ROUTE_HEADER = "x-router-route"
+DECISION_HEADER = "x-router-decision-id"
+MODEL_HEADER = "x-router-model"
+
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
+    # raw_value, not value: Envoy 1.40 sends an empty header for `value` here.
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=name, raw_value=value.encode()),
+        append_action=_OVERWRITE,
+    )
+
+
+def headers_to_dict(header_map: base_pb2.HeaderMap) -> dict[str, str]:
+    """Flatten Envoy's header map to lower-case names (later duplicates win)."""
+    result: dict[str, str] = {}
+    for header in header_map.headers:
+        value = header.raw_value.decode("utf-8", "replace") if header.raw_value else header.value
+        result[header.key.lower()] = value
+    return result
+
+
+def decision_response(routed: Routed, original_length: int) -> ext.ProcessingResponse:
+    """The body-phase answer that routes the request where the decision says."""
+    decision = routed.decision
+    set_headers = [
+        _header(UPSTREAM_HEADER, decision.upstream),
+        _header(ROUTE_HEADER, decision.route),
+        _header(DECISION_HEADER, decision.decision_id),
+        _header(MODEL_HEADER, decision.model),
+    ]
+    common = ext.CommonResponse(clear_route_cache=True)
+    if routed.body is not None:
+        set_headers.append(_header("content-length", str(len(routed.body))))
+        common.body_mutation.body = routed.body
+    elif original_length:
+        set_headers.append(_header("content-length", str(original_length)))
+    common.header_mutation.set_headers.extend(set_headers)
+    return ext.ProcessingResponse(request_body=ext.BodyResponse(response=common))
+
+
+def classifier_outcome(routed: Routed) -> str:
+    """A metric label: what the semantic classifier contributed to a decision."""
+    verdict = routed.verdict
+    if verdict is None:
+        return "unused"
+    if verdict.route is not None:
+        return "routed"
+    return "shed" if verdict.abstain_reason == SHED else "abstained"
+
+
+def error_response(error: RequestError) -> ext.ProcessingResponse:
+    """An immediate OpenAI-style error reply; the request never reaches a provider."""
+    mutation = ext.HeaderMutation(set_headers=[_header("content-type", "application/json")])
+    return ext.ProcessingResponse(
+        immediate_response=ext.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=http_status(error)),
+            headers=mutation,
+            body=openai_error_body(error),
+            details=f"inference_router_{error.code}",
+        )
+    )
+
+
+_CONTINUE_HEADERS = ext.ProcessingResponse(request_headers=ext.HeadersResponse())
+
+
+def _passthrough(phase: str) -> ext.ProcessingResponse:
+    """An empty answer for a phase the router does not act on."""
+    if phase == "response_headers":
+        return ext.ProcessingResponse(response_headers=ext.HeadersResponse())
+    if phase == "response_body":
+        return ext.ProcessingResponse(response_body=ext.BodyResponse())
+    if phase == "request_trailers":
+        return ext.ProcessingResponse(request_trailers=ext.TrailersResponse())
+    if phase == "response_trailers":
+        return ext.ProcessingResponse(response_trailers=ext.TrailersResponse())
+    return ext.ProcessingResponse(request_body=ext.BodyResponse())
+
+
+class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    """Answers Envoy's ext_proc streams with routing decisions."""
+
+    def __init__(self, service: RoutingService, metrics: RouterMetrics) -> None:
+        self._service = service
+        self._metrics = metrics
+
+    async def Process(
+        self,
+        request_iterator: AsyncIterator[ext.ProcessingRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[ext.ProcessingResponse]:
+        """Handle one HTTP request's worth of ext_proc messages."""
+        route_policy = _metadata_value(context.invocation_metadata(), ROUTE_POLICY_METADATA)
+        headers: dict[str, str] = {}
+        async for message in request_iterator:
+            phase = message.WhichOneof("request")
+            if phase == "request_headers":
+                headers = headers_to_dict(message.request_headers.headers)
+                if message.request_headers.end_of_stream:
+                    yield self._headers_only(headers)
+                else:
+                    yield _CONTINUE_HEADERS
+            elif phase == "request_body":
+                yield await self._on_body(headers, message.request_body.body, route_policy)
+            else:
+                yield _passthrough(phase or "")
+
+    def _headers_only(self, headers: Mapping[str, str]) -> ext.ProcessingResponse:
+        path = headers.get(":path", "")
+        if endpoint_for_path(path) is None:
+            return _CONTINUE_HEADERS
+        error = RequestError("the request has no body; expected a JSON object", code="no_body")
+        self._metrics.rejected(error.code)
+        return error_response(error)
+
+    async def _on_body(
+        self, headers: Mapping[str, str], body: bytes, route_policy: str | None
+    ) -> ext.ProcessingResponse:
+        started = time.perf_counter()
+        path = headers.get(":path", "")
+        if endpoint_for_path(path) is None:
+            return ext.ProcessingResponse(request_body=ext.BodyResponse())
+        try:
+            routed = await self._service.route(path, headers, body, route_policy=route_policy)
+        except RequestError as error:
+            self._metrics.rejected(error.code)
+            return error_response(error)
+        self._metrics.decided(
+            routed.decision, classifier_outcome(routed), time.perf_counter() - started
+        )
+        return decision_response(routed, len(body))
+
+
+def _metadata_value(metadata: tuple[tuple[str, str | bytes], ...] | None, key: str) -> str | None:
+    for name, value in metadata or ():
+        if name == key:
+            return value.decode() if isinstance(value, bytes) else value
+    return None

@@ -1,0 +1,53 @@
+"""Prometheus metrics for decisions, exposed on the admin port.
+
+Each sidecar process owns one `RouterMetrics` with its own registry (no module-level
+globals), so tests can build as many as they like.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from sidecar.core.decision import Decision
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 1.0)
+
+
+class RouterMetrics:
+    """Counters and histograms of routing decisions."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._decisions = Counter(
+            "inference_router_decisions",
+            "Routing decisions made",
+            ["upstream", "route", "policy", "classifier"],
+            registry=self.registry,
+        )
+        self._rejections = Counter(
+            "inference_router_rejected_requests",
+            "Requests answered with an error by the router",
+            ["code"],
+            registry=self.registry,
+        )
+        self._latency = Histogram(
+            "inference_router_decision_seconds",
+            "Time from receiving the body to answering Envoy",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def decided(self, decision: Decision, classifier: str, seconds: float) -> None:
+        """Record one decision, what the classifier did for it, and how long it took."""
+        self._decisions.labels(
+            decision.upstream, decision.route, decision.policy.value, classifier
+        ).inc()
+        self._latency.observe(seconds)
+
+    def rejected(self, code: str) -> None:
+        """Record a request refused with an error."""
+        self._rejections.labels(code).inc()
+
+    def exposition(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

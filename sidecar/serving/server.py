@@ -1,0 +1,129 @@
+"""The sidecar process: gRPC (ext_proc, router API, health) plus the admin HTTP port.
+
+Start-up order matters for Kubernetes: everything is loaded and checked (settings,
+catalogue, model, index) before the port opens, and health says SERVING only then.
+Shutdown is the reverse: health flips to NOT_SERVING, in-flight streams get a grace
+period, then the server stops.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import grpc
+from aiohttp import web
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from inference_router.v1 import router_pb2_grpc
+from sidecar.config.envoy import load_catalogue
+from sidecar.config.settings import Settings
+from sidecar.core.decision import ProviderSnapshot
+from sidecar.serving.api import RouterApi
+from sidecar.serving.composition import SemanticFactory, SemanticParts, build_semantic
+from sidecar.serving.extproc import ExternalProcessor
+from sidecar.serving.metrics import RouterMetrics
+from sidecar.serving.service import RoutingService
+
+log = logging.getLogger(__name__)
+
+# Headroom over the largest body Envoy forwards, for the ext_proc envelope and headers.
+_GRPC_ENVELOPE_BYTES = 256 * 1024
+
+
+@dataclass
+class RunningSidecar:
+    """Handles to a started sidecar, for tests and the entry point."""
+
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    admin: web.AppRunner
+    port: int
+    admin_port: int
+    semantic: SemanticParts | None
+
+    async def stop(self, grace_s: float) -> None:
+        """Drain: report NOT_SERVING, let in-flight streams finish, then stop."""
+        await self.health.enter_graceful_shutdown()
+        try:
+            await self.server.stop(grace_s)
+        finally:
+            await self.admin.cleanup()
+            if self.semantic is not None:
+                await self.semantic.close()
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+async def start_sidecar(
+    settings: Settings, semantic_factory: SemanticFactory = build_semantic
+) -> RunningSidecar:
+    """Load everything, open the ports and report SERVING."""
+    catalogue = load_catalogue(settings.envoy_config)
+    semantic = await semantic_factory(settings)
+    service = RoutingService(
+        table=settings.routing_table(),
+        catalogue=catalogue,
+        snapshot=ProviderSnapshot,
+        classifier=semantic.classifier if semantic else None,
+        log_prompts=settings.log_prompts,
+    )
+    metrics = RouterMetrics()
+    limit = settings.max_body_bytes + _GRPC_ENVELOPE_BYTES
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+        ]
+    )
+    ext_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(service, metrics), server)
+    router_pb2_grpc.add_RouterServicer_to_server(  # type: ignore[no-untyped-call]
+        RouterApi(service, semantic.reload_index if semantic else None), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(settings.listen)
+    admin_host, admin_port = _split_address(settings.admin_listen)
+    admin = await _start_admin(metrics, health_servicer, admin_host, admin_port)
+    await server.start()
+    for name in ("", "envoy.service.ext_proc.v3.ExternalProcessor", "inference_router.v1.Router"):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    bound_admin = _bound_port(admin)
+    log.info("sidecar serving on port %d, admin on port %d", port, bound_admin)
+    return RunningSidecar(server, health_servicer, admin, port, bound_admin, semantic)
+
+
+async def _start_admin(
+    metrics: RouterMetrics, health_servicer: health.aio.HealthServicer, host: str, port: int
+) -> web.AppRunner:
+    async def metrics_handler(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.exposition(), content_type="text/plain")
+
+    async def ready_handler(_: web.Request) -> web.Response:
+        status = await health_servicer.check(health_pb2.HealthCheckRequest(service=""), None)
+        serving = status.status == health_pb2.HealthCheckResponse.SERVING
+        return web.json_response({"serving": serving}, status=200 if serving else 503)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/readyz", ready_handler)
+    app.router.add_get("/healthz", _ok)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+async def _ok(_: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple):
+            return int(address[1])
+    raise OSError("the admin server has no bound address")
