@@ -20,6 +20,7 @@ lint: install
 	$(BIN)/ruff check sidecar tests benchmarks
 	$(BIN)/ruff format --check sidecar tests benchmarks
 	$(BIN)/mypy sidecar tests benchmarks
+	$(BIN)/lint-imports
 
 # hey (Debian) drives the end-to-end part; without it that part is skipped.
 bench: install

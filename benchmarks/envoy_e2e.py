@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from sidecar.config.envoy import load_catalogue
 from sidecar.devstack.stack import LocalStack, StackPorts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +54,7 @@ def run() -> dict[str, object]:
         return {}
     with tempfile.TemporaryDirectory() as tmp:
         config = ROOT / "envoy" / "local.yaml"
-        ports = StackPorts.ephemeral(LocalStack(config, workdir=Path(tmp)).catalogue)
+        ports = StackPorts.ephemeral(load_catalogue(config))
         stack = LocalStack(config, ports, workdir=Path(tmp), quiet=True)
         stack.start()
         try:

@@ -1,23 +1,23 @@
 """Drive the sidecar over gRPC exactly the way Envoy does, and time each decision.
 
-One ext_proc stream per request: request headers, then the buffered body; the decision
-is the answer to the body message. Prompts are distinct (so the exact-repeat cache does
-not help) unless `repeat` is set.
+One ext_proc stream per request (`sidecar.devstack.extproc_client`, the same client the
+adapter's tests use): request headers, then the buffered body; the decision is the answer
+to the body message. Prompts are distinct (so the exact-repeat cache does not help) unless
+the caller repeats them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
-from envoy.config.core.v3 import base_pb2
-from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
+
+from sidecar.devstack.extproc_client import chat_request, decision_headers, exchange
 
 
 @dataclass(frozen=True)
@@ -40,40 +40,17 @@ class LoadResult:
         }
 
 
-def _messages(prompt: str) -> list[ext.ProcessingRequest]:
-    body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": prompt}]})
-    headers = base_pb2.HeaderMap(
-        headers=[
-            base_pb2.HeaderValue(key=":path", raw_value=b"/v1/chat/completions"),
-            base_pb2.HeaderValue(key=":method", raw_value=b"POST"),
-            base_pb2.HeaderValue(key="content-type", raw_value=b"application/json"),
-        ]
-    )
-    return [
-        ext.ProcessingRequest(request_headers=ext.HttpHeaders(headers=headers)),
-        ext.ProcessingRequest(request_body=ext.HttpBody(body=body.encode(), end_of_stream=True)),
-    ]
-
-
 async def _one(stub: ext_grpc.ExternalProcessorStub, prompt: str) -> float:
+    """Seconds from sending the request headers until the stream with the decision ends."""
     started = time.perf_counter()
-    messages = _messages(prompt)
-
-    async def requests() -> AsyncIterator[ext.ProcessingRequest]:
-        for message in messages:
-            yield message
-
-    call = stub.Process(requests(), timeout=10)
-    async for reply in call:
-        if reply.HasField("request_body"):
-            headers = reply.request_body.response.header_mutation.set_headers
-            if not any(h.header.key == "x-router-upstream" for h in headers):
-                raise RuntimeError("decision without an upstream header")
-            break
+    replies = await exchange(stub, chat_request(prompt))
+    elapsed = time.perf_counter() - started
+    for reply in replies:
         if reply.HasField("immediate_response"):
             raise RuntimeError(f"error reply: {reply.immediate_response.body[:200]!r}")
-    call.cancel()
-    return time.perf_counter() - started
+    if not replies or "x-router-upstream" not in decision_headers(replies[-1]):
+        raise RuntimeError("decision without an upstream header")
+    return elapsed
 
 
 async def drive(

@@ -56,16 +56,15 @@ def gsm8k() -> list[dict[str, object]]:
 
 def shipped_leave_one_out() -> dict[str, float]:
     """Each shipped exemplar classified by all the others, with the default settings."""
-    from sidecar.core.vote import ClassifierConfig, vote
-    from sidecar.semantic.embedder import load_default_embedder
-    from sidecar.semantic.exemplars import load_exemplars
+    from sidecar.core.vote import VoteConfig, vote
+    from sidecar.semantic.exemplars import load_exemplars, shipped_exemplars
     from sidecar.semantic.index import build_index
-    from sidecar.semantic.classifier import shipped_exemplars
+    from sidecar.semantic.model_store import load_default_embedder
 
     tiers = ["small", "mid", "frontier"]
     exemplars = load_exemplars(shipped_exemplars())
     index = build_index(exemplars, load_default_embedder())
-    config = ClassifierConfig()
+    config = VoteConfig()
     verdicts = [vote(n, config) for n in index.self_neighbours(config.k)]
     pairs = list(zip(verdicts, exemplars, strict=True))
     n = len(pairs)

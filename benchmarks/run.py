@@ -23,7 +23,7 @@ from pathlib import Path
 
 from benchmarks import envoy_e2e, quality
 from benchmarks.extproc_load import LoadResult, drive
-from sidecar.devstack.stack import free_port, wait_grpc_serving
+from sidecar.devstack.stack import free_ports, wait_grpc_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBJECTS = [
@@ -89,9 +89,9 @@ def resident_mib(pid: int) -> float:
 
 def start_sidecar(extra: list[str], workdir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     """A sidecar on fresh ports; returns the process, its gRPC target and admin address."""
-    port = free_port()
+    port, admin_port = free_ports(2)
     target = f"127.0.0.1:{port}"
-    admin = f"127.0.0.1:{free_port()}"
+    admin = f"127.0.0.1:{admin_port}"
     log = (workdir / f"sidecar-{port}.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "sidecar", "--log-level", "WARNING", "serve",

@@ -1,4 +1,4 @@
-"""Small deterministic stand-ins shared by the unit tests."""
+"""Small deterministic stand-ins shared by the tests."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from sidecar.semantic import embedder as embedder_module
+from sidecar.semantic import model_store
 
 
 class HashEmbedder:
@@ -54,6 +54,46 @@ class HashEmbedder:
         return rows
 
 
+class GatedEmbedder(HashEmbedder):
+    """A `HashEmbedder` whose calls wait for the test's permission, one permit per call.
+
+    The test decides when each model call may finish (`allow`, `open`) and can wait until
+    a call has entered the model (`wait_entered`), so queues build and drain on command and
+    nothing depends on the speed of the machine.
+    """
+
+    def __init__(self, dim: int = 32) -> None:
+        super().__init__(dim)
+        self._permits = threading.Semaphore(0)
+        self._entered = threading.Condition()
+        self._open = False
+        self.calls = 0
+
+    def allow(self, calls: int = 1) -> None:
+        """Let `calls` more model calls finish."""
+        for _ in range(calls):
+            self._permits.release()
+
+    def open(self) -> None:
+        """Let every call finish, now and from now on."""
+        self._open = True
+        self._permits.release()  # the one worker thread waits on at most one call
+
+    def wait_entered(self, calls: int, timeout_s: float = 30.0) -> bool:
+        """Block until `calls` calls in total have entered the model (False on timeout)."""
+        with self._entered:
+            return self._entered.wait_for(lambda: self.calls >= calls, timeout_s)
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Count the call, wait for a permit unless open, then embed."""
+        with self._entered:
+            self.calls += 1
+            self._entered.notify_all()
+        if not self._open and not self._permits.acquire(timeout=30):
+            raise TimeoutError("the test never let the gated embedder finish")
+        return super().embed(texts)
+
+
 def write_jsonl(path: Path, rows: Sequence[Mapping[str, object]]) -> Path:
     """Write rows as JSON lines and return the path."""
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -66,8 +106,12 @@ def run_command_with_fake_embedder(
     argv: list[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> int:
-    """Run a CLI subcommand with the default embedder replaced by `HashEmbedder`."""
-    monkeypatch.setattr(embedder_module, "load_default_embedder", lambda *a, **k: HashEmbedder())
+    """Run a CLI subcommand with the default embedder replaced by `HashEmbedder`.
+
+    The subcommands import `load_default_embedder` from `sidecar.semantic.model_store`
+    inside `run`, so replacing the module attribute reaches them.
+    """
+    monkeypatch.setattr(model_store, "load_default_embedder", lambda *a, **k: HashEmbedder())
     parser = argparse.ArgumentParser()
     configure(parser)
     return run(parser.parse_args(argv))

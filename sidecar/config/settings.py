@@ -49,7 +49,7 @@ class SemanticSettings(_Strict):
     quantize: Literal["none", "int8"] = "none"
     batch_max: int = Field(default=16, ge=1, le=256)
     # 0: a lone request goes straight to the model; under load batches form by themselves
-    # while the previous batch runs (see batcher.py).
+    # while the previous batch runs (see semantic/micro_batcher.py).
     batch_wait_ms: float = Field(default=0.0, ge=0, le=50)
     # Shed load instead of queueing past Envoy's ext_proc message_timeout: when a new
     # prompt would wait longer than this for the model, decide without the classifier.

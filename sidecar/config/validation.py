@@ -22,7 +22,12 @@ def validate(kind: type[T], raw: object, source: str, *, section: str = "") -> T
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            key = ".".join(str(part) for part in (section, *error["loc"]) if part != "")
+            parts = [str(part) for part in (section, *error["loc"]) if part != ""]
             message = error["msg"].removeprefix("Value error, ")
-            problems.append(f"{key or '(top level)'}: {message}")
+            # A dataclass's own check says "field: problem"; keep the key path whole.
+            field, colon, problem = message.partition(": ")
+            if colon and field.isidentifier():
+                parts.append(field)
+                message = problem
+            problems.append(f"{'.'.join(parts) or '(top level)'}: {message}")
         raise ConfigError(f"{source}: " + "; ".join(problems)) from exc

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from sidecar.core.catalogue import Catalogue, Price, Provider
 from sidecar.core.policy import Intent, Policy
 from sidecar.core.request import RequestFacts
-from sidecar.core.vote import SHED, RouteVerdict
+from sidecar.core.vote import FAILED, SHED, RouteVerdict
 from sidecar.errors import ConfigError, NotFoundError
 
 # Output length assumed when nothing better is known (no neighbours, no max_tokens).
@@ -168,6 +168,8 @@ def _route_for(
         return verdict.route, f"semantic route {verdict.route} (p={verdict.confidence:.2f})"
     if verdict.abstain_reason == SHED:
         return default, f"classifier shed load (model busy); default route {default}"
+    if verdict.abstain_reason == FAILED:
+        return default, f"classifier failed (see the sidecar log); default route {default}"
     return default, f"classifier abstained ({verdict.abstain_reason}); default route {default}"
 
 

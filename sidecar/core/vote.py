@@ -31,6 +31,9 @@ OUT_OF_SCOPE = "__out_of_scope__"
 SHED = "shed"
 """Abstain reason when the classifier was skipped to shed load (the model was too busy)."""
 
+FAILED = "classifier_error"
+"""Abstain reason when the classifier raised: the request is decided without it."""
+
 
 @dataclass(frozen=True, slots=True)
 class Neighbour:
@@ -43,8 +46,9 @@ class Neighbour:
 
 
 # The settings loader validates these dataclasses with pydantic (unknown keys refused by
-# `__pydantic_config__`); a ValueError from __post_init__ reaches the operator as a
-# ConfigError naming the key. The core itself imports nothing but the standard library.
+# `__pydantic_config__`); a ValueError from __post_init__, worded "field: problem",
+# reaches the operator as a ConfigError naming the dotted key (config/validation.py).
+# The core itself imports nothing but the standard library.
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ class TwoModel:
         if self.weak == self.strong:
             raise ValueError("weak and strong must be different route names")
         if not 0.0 <= self.need_threshold <= 1.0:
-            raise ValueError(f"need_threshold {self.need_threshold} is not in [0, 1]")
+            raise ValueError(f"need_threshold: {self.need_threshold} is not in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -81,14 +85,16 @@ class VoteConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= 1000:
-            raise ValueError(f"k = {self.k} is not in [1, 1000]")
-        for name, value in (("threshold", self.threshold), *self.route_thresholds.items()):
+            raise ValueError(f"k: {self.k} is not in [1, 1000]")
+        if not -1.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold: {self.threshold} is not in [-1, 1]")
+        for route, value in self.route_thresholds.items():
             if not -1.0 <= value <= 1.0:
-                raise ValueError(f"threshold of {name!r} = {value} is not in [-1, 1]")
+                raise ValueError(f"route_thresholds: {route!r} = {value} is not in [-1, 1]")
         if not 0.0 <= self.min_margin <= 1.0:
-            raise ValueError(f"min_margin = {self.min_margin} is not in [0, 1]")
+            raise ValueError(f"min_margin: {self.min_margin} is not in [0, 1]")
         if not self.temperature > 0.0:
-            raise ValueError(f"temperature = {self.temperature} must be positive")
+            raise ValueError(f"temperature: {self.temperature} must be positive")
 
     def threshold_for(self, route: str) -> float:
         """The minimum best-neighbour similarity the route needs to be trusted."""

@@ -171,7 +171,10 @@ def wait_grpc_serving(target: str, deadline_s: float, process: subprocess.Popen[
 
         def serving() -> bool:
             try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                # types-grpcio-health-checking declares HealthStub without its methods.
+                reply = stub.Check(  # type: ignore[attr-defined]
+                    health_pb2.HealthCheckRequest(), timeout=1
+                )
             except grpc.RpcError:
                 return False
             return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)

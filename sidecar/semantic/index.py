@@ -23,7 +23,6 @@ silently wrong.
 from __future__ import annotations
 
 import json
-import logging
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -42,8 +41,6 @@ from sidecar.semantic.embedder import Embedder
 from sidecar.semantic.exemplars import Exemplar
 from sidecar.semantic.options import IndexKind, Projection
 from sidecar.semantic.projection import fit_lda
-
-log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"

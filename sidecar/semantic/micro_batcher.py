@@ -30,7 +30,7 @@ import numpy.typing as npt
 from sidecar.errors import EmbedderError
 from sidecar.semantic.embedder import Embedder
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ class MicroBatcher:
                 w.future.cancel()
             raise
         except Exception as exc:
-            logger.warning("embedding batch of %d failed: %s", len(batch), exc)
+            log.warning("embedding batch of %d failed: %s", len(batch), exc)
             for w in batch:
                 if not w.future.done():
                     w.future.set_exception(exc)

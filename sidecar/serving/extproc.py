@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -22,10 +22,15 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
 from envoy.type.v3 import http_status_pb2
 
 from sidecar.core.request import endpoint_for_path
-from sidecar.core.vote import SHED
+from sidecar.core.vote import FAILED, SHED
 from sidecar.errors import RequestError
 from sidecar.serving.metrics import RouterMetrics
-from sidecar.serving.service import ROUTE_POLICY_METADATA, Routed, RoutingService
+from sidecar.serving.service import (
+    ROUTE_POLICY_METADATA,
+    Routed,
+    RoutingService,
+    new_decision_id,
+)
 from sidecar.serving.statuses import http_status, openai_error_body
 
 log = logging.getLogger(__name__)
@@ -81,7 +86,9 @@ def classifier_outcome(routed: Routed) -> str:
         return "unused"
     if verdict.route is not None:
         return "routed"
-    return "shed" if verdict.abstain_reason == SHED else "abstained"
+    if verdict.abstain_reason == SHED:
+        return "shed"
+    return "error" if verdict.abstain_reason == FAILED else "abstained"
 
 
 def error_response(error: RequestError) -> ext.ProcessingResponse:
@@ -123,7 +130,7 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
     async def Process(
         self,
         request_iterator: AsyncIterator[ext.ProcessingRequest],
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[ext.ProcessingRequest, ext.ProcessingResponse],
     ) -> AsyncIterator[ext.ProcessingResponse]:
         """Handle one HTTP request's worth of ext_proc messages."""
         route_policy = _metadata_value(context.invocation_metadata(), ROUTE_POLICY_METADATA)
@@ -156,18 +163,32 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
         path = headers.get(":path", "")
         if endpoint_for_path(path) is None:
             return ext.ProcessingResponse(request_body=ext.BodyResponse())
+        decision_id = new_decision_id()
         try:
-            routed = await self._service.route(path, headers, body, route_policy=route_policy)
+            routed = await self._service.route(
+                path, headers, body, route_policy=route_policy, decision_id=decision_id
+            )
         except RequestError as error:
             self._metrics.rejected(error.code)
             return error_response(error)
+        except Exception:
+            # A bug must not become a silent gRPC UNKNOWN (Envoy would fail open with no
+            # trace): log it, count it, and route the request on the default policy.
+            log.exception("decision %s: routing failed; using the default decision", decision_id)
+            self._metrics.error("extproc")
+            try:
+                routed = self._service.fallback(body, decision_id)
+            except Exception:
+                log.exception("decision %s: no default decision either; Envoy's fallback route "
+                              "serves the request", decision_id)  # fmt: skip
+                return ext.ProcessingResponse(request_body=ext.BodyResponse())
         self._metrics.decided(
             routed.decision, classifier_outcome(routed), time.perf_counter() - started
         )
         return decision_response(routed, len(body))
 
 
-def _metadata_value(metadata: tuple[tuple[str, str | bytes], ...] | None, key: str) -> str | None:
+def _metadata_value(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> str | None:
     for name, value in metadata or ():
         if name == key:
             return value.decode() if isinstance(value, bytes) else value

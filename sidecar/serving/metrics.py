@@ -30,6 +30,12 @@ class RouterMetrics:
             ["code"],
             registry=self.registry,
         )
+        self._errors = Counter(
+            "inference_router_errors",
+            "Unexpected errors on the request path, by where they happened",
+            ["kind"],
+            registry=self.registry,
+        )
         self._latency = Histogram(
             "inference_router_decision_seconds",
             "Time from receiving the body to answering Envoy",
@@ -47,6 +53,10 @@ class RouterMetrics:
     def rejected(self, code: str) -> None:
         """Record a request refused with an error."""
         self._rejections.labels(code).inc()
+
+    def error(self, kind: str) -> None:
+        """Record an unexpected error (a bug or a broken dependency), by where it happened."""
+        self._errors.labels(kind).inc()
 
     def exposition(self) -> bytes:
         """The Prometheus text exposition of every metric."""

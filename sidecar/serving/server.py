@@ -33,11 +33,19 @@ _GRPC_ENVELOPE_BYTES = 256 * 1024
 
 
 @dataclass
+class Readiness:
+    """Whether the sidecar wants traffic; gRPC health and the admin /readyz both say it."""
+
+    serving: bool = False
+
+
+@dataclass
 class RunningSidecar:
     """Handles to a started sidecar, for tests and the entry point."""
 
     server: grpc.aio.Server
     health: health.aio.HealthServicer
+    readiness: Readiness
     admin: web.AppRunner
     port: int
     admin_port: int
@@ -45,6 +53,7 @@ class RunningSidecar:
 
     async def stop(self, grace_s: float) -> None:
         """Drain: report NOT_SERVING, let in-flight streams finish, then stop."""
+        self.readiness.serving = False
         await self.health.enter_graceful_shutdown()
         try:
             await self.server.stop(grace_s)
@@ -65,14 +74,15 @@ async def start_sidecar(
     """Load everything, open the ports and report SERVING."""
     catalogue = load_catalogue(settings.envoy_config)
     semantic = await semantic_factory(settings)
+    metrics = RouterMetrics()
     service = RoutingService(
         table=settings.routing_table(),
         catalogue=catalogue,
         snapshot=ProviderSnapshot,
         classifier=semantic.classifier if semantic else None,
         log_prompts=settings.log_prompts,
+        on_error=metrics.error,
     )
-    metrics = RouterMetrics()
     limit = settings.max_body_bytes + _GRPC_ENVELOPE_BYTES
     server = grpc.aio.server(
         options=[
@@ -82,30 +92,31 @@ async def start_sidecar(
     )
     ext_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(service, metrics), server)
     router_pb2_grpc.add_RouterServicer_to_server(  # type: ignore[no-untyped-call]
-        RouterApi(service, semantic.reload_index if semantic else None), server
+        RouterApi(service, metrics, semantic.reload_index if semantic else None), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(settings.listen)
     admin_host, admin_port = _split_address(settings.admin_listen)
-    admin = await _start_admin(metrics, health_servicer, admin_host, admin_port)
+    readiness = Readiness()
+    admin = await _start_admin(metrics, readiness, admin_host, admin_port)
     await server.start()
     for name in ("", "envoy.service.ext_proc.v3.ExternalProcessor", "inference_router.v1.Router"):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    readiness.serving = True
     bound_admin = _bound_port(admin)
     log.info("sidecar serving on port %d, admin on port %d", port, bound_admin)
-    return RunningSidecar(server, health_servicer, admin, port, bound_admin, semantic)
+    return RunningSidecar(server, health_servicer, readiness, admin, port, bound_admin, semantic)
 
 
 async def _start_admin(
-    metrics: RouterMetrics, health_servicer: health.aio.HealthServicer, host: str, port: int
+    metrics: RouterMetrics, readiness: Readiness, host: str, port: int
 ) -> web.AppRunner:
     async def metrics_handler(_: web.Request) -> web.Response:
         return web.Response(body=metrics.exposition(), content_type="text/plain")
 
     async def ready_handler(_: web.Request) -> web.Response:
-        status = await health_servicer.check(health_pb2.HealthCheckRequest(service=""), None)
-        serving = status.status == health_pb2.HealthCheckResponse.SERVING
+        serving = readiness.serving
         return web.json_response({"serving": serving}, status=200 if serving else 503)
 
     app = web.Application()

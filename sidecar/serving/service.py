@@ -13,15 +13,21 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from sidecar.core.catalogue import Catalogue
 from sidecar.core.decision import Decision, ProviderSnapshot, RoutingTable, decide
-from sidecar.core.policy import Intent, Policy, PolicyAsk, resolve_intent
-from sidecar.core.request import RequestFacts, endpoint_for_path, parse_body, parse_request
-from sidecar.core.vote import RouteVerdict
-from sidecar.errors import NotFoundError
+from sidecar.core.policy import ALIAS_PREFIX, AUTO_MODEL, Intent, Policy, PolicyAsk, resolve_intent
+from sidecar.core.request import (
+    Endpoint,
+    RequestFacts,
+    endpoint_for_path,
+    parse_body,
+    parse_request,
+)
+from sidecar.core.vote import FAILED, RouteVerdict, abstention
+from sidecar.errors import NotFoundError, RouterError
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +68,11 @@ class RoutingService:
         snapshot: Callable[[], ProviderSnapshot],
         classifier: Classifier | None = None,
         log_prompts: bool = False,
+        on_error: Callable[[str], None] = lambda kind: None,
     ) -> None:
         table.validate(catalogue)
         self._log_prompts = log_prompts
+        self._on_error = on_error
         self._table = table
         self._catalogue = catalogue
         self._snapshot = snapshot
@@ -82,8 +90,10 @@ class RoutingService:
         body: bytes,
         *,
         route_policy: str | None = None,
+        decision_id: str | None = None,
     ) -> Routed:
         """Decide where one request goes; raises RequestError for a bad request."""
+        decision_id = decision_id or new_decision_id()
         endpoint = endpoint_for_path(path)
         if endpoint is None:
             raise NotFoundError(
@@ -102,11 +112,11 @@ class RoutingService:
         intent = resolve_intent(facts.model, asks, self._table.default_policy)
         verdict = None
         if self._classifier is not None and _needs_semantics(facts, intent):
-            verdict = await self._classifier.classify(facts.routing_text)
+            verdict = await self._classify(self._classifier, facts.routing_text, decision_id)
         decision = decide(
             facts,
             intent,
-            decision_id=uuid.uuid4().hex,
+            decision_id=decision_id,
             table=self._table,
             catalogue=self._catalogue,
             snapshot=self._snapshot(),
@@ -125,6 +135,54 @@ class RoutingService:
                 decision.decision_id, decision.route, decision.upstream, decision.reason,
             )  # fmt: skip
         return Routed(decision=decision, verdict=verdict, body=new_body)
+
+    def fallback(self, body: bytes, decision_id: str) -> Routed:
+        """The default policy's decision, for a request whose routing failed unexpectedly.
+
+        The request still goes somewhere sensible (the default route's cheapest provider)
+        with a decision id the log line shares, and a router alias in `model` is still
+        rewritten so the provider understands it.
+        """
+        facts = RequestFacts(Endpoint.CHAT, AUTO_MODEL, "", 1, None, False)
+        decision = decide(
+            facts,
+            Intent(self._table.default_policy),
+            decision_id=decision_id,
+            table=self._table,
+            catalogue=self._catalogue,
+            snapshot=self._snapshot(),
+        )
+        decision = replace(
+            decision, reason=f"internal error, see the sidecar log; {decision.reason}"
+        )
+        new_body = None
+        try:
+            payload = parse_body(body)
+        except RouterError:
+            payload = None
+        model = payload.get("model", AUTO_MODEL) if payload is not None else None
+        if payload is not None and isinstance(model, str) and _is_router_alias(model):
+            new_body = _rewrite_model(payload, decision.model)
+        return Routed(decision=decision, verdict=None, body=new_body)
+
+    async def _classify(self, classifier: Classifier, text: str, decision_id: str) -> RouteVerdict:
+        try:
+            return await classifier.classify(text)
+        except Exception:
+            # The classifier is an optimisation: its failure costs this request its
+            # semantic route, never the request itself.
+            log.exception("decision %s: the classifier failed; deciding without it", decision_id)
+            self._on_error("classifier")
+            return abstention(FAILED)
+
+
+def new_decision_id() -> str:
+    """A fresh id naming one decision in headers, logs and the API."""
+    return uuid.uuid4().hex
+
+
+def _is_router_alias(model: str) -> bool:
+    return model == AUTO_MODEL or model.startswith(ALIAS_PREFIX)
 
 
 def _needs_semantics(facts: RequestFacts, intent: Intent) -> bool:

@@ -1,4 +1,4 @@
-"""How one simulated provider is configured: the frozen config and its command-line form.
+"""How one simulated provider is configured: a frozen config that validates itself.
 
 `SimulatorConfig` validates itself on construction, so a bad value fails at start with a
 `SimulatorConfigError` that names the field, never halfway through serving.

@@ -2,7 +2,7 @@
 
 The HTTP edge of the simulator. Each instance plays one provider (`x-sim-name` on every
 response says which) serving one model. A request is parsed and answered by the pure
-modules beside this one (`simulator_protocol`, `simulator_answer`); this module only
+modules beside this one (`protocol`, `answer`); this module only
 admits it through the `AdmissionGate` (bounded concurrency, FIFO queue, 429 when full),
 spends simulated time on it through a `Pacer` (time to first token, then tokens per
 second, streamed in chunks as they are "generated"), and keeps the state `/metrics` and

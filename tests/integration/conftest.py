@@ -7,28 +7,40 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.config.envoy import load_catalogue
 from sidecar.devstack.stack import LocalStack, StackPorts
+from sidecar.errors import StackError
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL_CONFIG = ROOT / "envoy" / "local.yaml"
+# Ports are chosen free, then bound by the children a moment later; another process may
+# take one in between. Each attempt chooses fresh ports.
+START_ATTEMPTS = 3
 
 
 def start_stack(
     tmp: Path, *, fail_open: bool = True, sidecar_args: tuple[str, ...] = ()
 ) -> LocalStack:
     """Start a full stack on ports chosen now; the caller stops it."""
-    probe = LocalStack(LOCAL_CONFIG, workdir=tmp)
-    ports = StackPorts.ephemeral(probe.catalogue)
-    stack = LocalStack(
-        LOCAL_CONFIG,
-        ports,
-        fail_open=fail_open,
-        sidecar_args=sidecar_args,
-        workdir=tmp,
-        quiet=True,
-    )
-    stack.start()
-    return stack
+    catalogue = load_catalogue(LOCAL_CONFIG)
+    for attempt in range(1, START_ATTEMPTS + 1):
+        workdir = tmp / f"attempt-{attempt}"
+        stack = LocalStack(
+            LOCAL_CONFIG,
+            StackPorts.ephemeral(catalogue),
+            fail_open=fail_open,
+            sidecar_args=sidecar_args,
+            workdir=workdir,
+            quiet=True,
+        )
+        try:
+            stack.start()  # stops whatever it started if any part fails
+        except StackError:
+            if attempt == START_ATTEMPTS:
+                raise
+            continue  # the failed attempt's logs stay in its workdir
+        return stack
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 @pytest.fixture(scope="session")

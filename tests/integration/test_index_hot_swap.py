@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from inference_router.v1 import router_pb2, router_pb2_grpc
-from sidecar.semantic.classifier import shipped_exemplars
 from sidecar.devstack.stack import LocalStack
+from sidecar.semantic.exemplars import shipped_exemplars
 from tests.fakes import write_jsonl
 from tests.integration.conftest import start_stack
 

@@ -1,20 +1,22 @@
+"""The pure decision core: policy resolution, semantic routes, explicit models, live state."""
+
 from __future__ import annotations
 
 import pytest
 
-from sidecar.config.envoy import Catalogue, Price, Provider
+from sidecar.core.catalogue import Catalogue, Price, Provider
 from sidecar.core.decision import (
     Decision,
-    Policy,
     ProviderSnapshot,
     ProviderState,
     RouteTarget,
     RoutingTable,
-    SemanticRoute,
     decide,
 )
-from sidecar.errors import ConfigError, RequestError
+from sidecar.core.policy import Intent, Policy, PolicyAsk, resolve_intent
 from sidecar.core.request import Endpoint, RequestFacts
+from sidecar.core.vote import SHED, RouteVerdict, abstention
+from sidecar.errors import ConfigError, NotFoundError, RequestError
 
 CATALOGUE = Catalogue(
     providers=(
@@ -30,29 +32,59 @@ TABLE = RoutingTable(
     default_route="mid",
     routes={"code": RouteTarget(tier="frontier"), "pinned": RouteTarget(clusters=("mid-b",))},
 )
+# The core knows no header names: the edge labels each ask with its source.
+HEADER_SOURCE = "x-router-policy"
+ROUTE_SOURCE = "route policy"
 
 
 def _facts(model: str = "auto", max_tokens: int | None = None) -> RequestFacts:
     return RequestFacts(Endpoint.CHAT, model, "hello", 10, max_tokens, False)
 
 
+def _verdict(
+    route: str, confidence: float, predicted_output_tokens: float | None = None
+) -> RouteVerdict:
+    """A vote that named `route`, as the classifier would return it."""
+    return RouteVerdict(
+        route=route,
+        scores={route: confidence},
+        confidence=confidence,
+        best_similarity=0.9,
+        margin=confidence,
+        threshold=0.25,
+        abstain_reason=None,
+        neighbours=(),
+        predicted_output_tokens=predicted_output_tokens,
+    )
+
+
+def _intent(
+    model: str, header_policy: str | None = None, route_policy: str | None = None
+) -> Intent:
+    asks = [
+        PolicyAsk(name, source)
+        for name, source in ((header_policy, HEADER_SOURCE), (route_policy, ROUTE_SOURCE))
+        if name is not None
+    ]
+    return resolve_intent(model, asks, TABLE.default_policy)
+
+
 def _decide(
     model: str = "auto",
     *,
     snapshot: ProviderSnapshot | None = None,
-    semantic: SemanticRoute | None = None,
+    verdict: RouteVerdict | None = None,
     header_policy: str | None = None,
     route_policy: str | None = None,
 ) -> Decision:
     return decide(
         _facts(model),
+        _intent(model, header_policy, route_policy),
         decision_id="d1",
         table=TABLE,
         catalogue=CATALOGUE,
         snapshot=snapshot or ProviderSnapshot(),
-        semantic=semantic,
-        header_policy=header_policy,
-        route_policy=route_policy,
+        verdict=verdict,
     )
 
 
@@ -85,34 +117,59 @@ def test_route_policy_applies_when_no_header() -> None:
     assert _decide(route_policy="quality", header_policy="cost").upstream == "tiny"
 
 
+def test_intent_precedence() -> None:
+    # A router alias beats every ask; a real model name makes the policy moot.
+    assert _intent("router:cost", "quality", "quality") == Intent(Policy.COST)
+    assert _intent("gpt-big", "quality") == Intent(Policy.BALANCED, explicit_model="gpt-big")
+    assert _intent("auto", "  ", "speed") == Intent(Policy.SPEED)  # a blank ask is no ask
+    assert _intent("auto") == Intent(TABLE.default_policy)
+
+
 def test_unknown_policy_is_a_client_error() -> None:
-    with pytest.raises(RequestError, match="x-router-policy"):
+    with pytest.raises(RequestError, match="x-router-policy") as caught:
         _decide(header_policy="fastest")
+    assert caught.value.param == HEADER_SOURCE
+    assert not isinstance(caught.value, NotFoundError)
     with pytest.raises(RequestError, match="unknown routing policy"):
         _decide("router:nope")
 
 
 def test_semantic_route_and_abstention() -> None:
-    small = _decide(semantic=SemanticRoute("small", 0.9))
+    small = _decide(verdict=_verdict("small", 0.9))
     assert small.upstream == "tiny" and small.route == "small"
-    code = _decide(semantic=SemanticRoute("code", 0.8))
+    assert "semantic route small (p=0.90)" in small.reason
+    code = _decide(verdict=_verdict("code", 0.8))
     assert code.upstream == "big" and code.route == "code"
-    pinned = _decide(semantic=SemanticRoute("pinned", 0.8))
+    pinned = _decide(verdict=_verdict("pinned", 0.8))
     assert pinned.upstream == "mid-b"
-    abstained = _decide(semantic=SemanticRoute(None, 0.3))
+    abstained = _decide(verdict=abstention("below_threshold"))
     assert abstained.route == "mid" and "abstained" in abstained.reason
+    assert "below_threshold" in abstained.reason
+
+
+def test_shed_verdict_goes_to_the_default_route_and_says_so() -> None:
+    shed = _decide(verdict=abstention(SHED))
+    assert shed.route == "mid" and shed.upstream == "mid-a"
+    assert "classifier shed load" in shed.reason
+    assert "abstained" not in shed.reason
+
+
+def test_policy_other_than_balanced_ignores_the_verdict() -> None:
+    decision = _decide("router:quality", verdict=_verdict("small", 0.99))
+    assert decision.route == "frontier" and decision.upstream == "big"
 
 
 def test_explicit_model() -> None:
     single = _decide("gpt-big")
     assert single.upstream == "big" and not single.model_rewritten
+    assert single.route == "explicit"
     alias = _decide("gpt-latest")
     assert alias.upstream == "big" and alias.model == "gpt-big" and alias.model_rewritten
     shared = _decide("llama-70b")
     assert shared.upstream == "mid-a"
-    with pytest.raises(RequestError) as caught:
+    with pytest.raises(NotFoundError) as caught:
         _decide("no-such-model")
-    assert caught.value.status == 404 and caught.value.code == "model_not_found"
+    assert caught.value.code == "model_not_found" and caught.value.param == "model"
 
 
 def test_live_state_moves_traffic() -> None:
@@ -129,12 +186,18 @@ def test_speed_policy_prefers_short_queue() -> None:
     # directly on a table whose lightest tier has two providers.
     table = RoutingTable(tiers=("mid", "frontier"), default_route="mid")
     facts = _facts("router:speed")
+    intent = resolve_intent(facts.model, [], table.default_policy)
     base = decide(
-        facts, decision_id="x", table=table, catalogue=CATALOGUE, snapshot=ProviderSnapshot()
+        facts,
+        intent,
+        decision_id="x",
+        table=table,
+        catalogue=CATALOGUE,
+        snapshot=ProviderSnapshot(),
     )
     assert base.upstream == "mid-b"
     queued = ProviderSnapshot({"mid-b": ProviderState(queue_waiting=500)})
-    busy = decide(facts, decision_id="x", table=table, catalogue=CATALOGUE, snapshot=queued)
+    busy = decide(facts, intent, decision_id="x", table=table, catalogue=CATALOGUE, snapshot=queued)
     assert busy.upstream == "mid-a"
 
 
@@ -142,11 +205,12 @@ def test_predicted_output_tokens_respect_max_tokens() -> None:
     facts = _facts(max_tokens=10)
     decision = decide(
         facts,
+        _intent(facts.model),
         decision_id="x",
         table=TABLE,
         catalogue=CATALOGUE,
         snapshot=ProviderSnapshot(),
-        semantic=SemanticRoute("mid", 0.9, predicted_output_tokens=800),
+        verdict=_verdict("mid", 0.9, predicted_output_tokens=800),
     )
     assert decision.predicted_output_tokens == 10
 

@@ -8,7 +8,7 @@ import yaml
 from sidecar.config.envoy import catalogue_from_envoy_config, load_catalogue
 from sidecar.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cluster(name: str, **meta: object) -> dict[str, object]:

@@ -1,31 +1,17 @@
+"""The micro-batcher: batches form under load, errors reach every waiter, close drains."""
+
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from sidecar.semantic.micro_batcher import MicroBatcher
 from sidecar.errors import EmbedderError
-from tests.fakes import HashEmbedder
-
-
-class GatedEmbedder(HashEmbedder):
-    """Blocks its first call until released, so tests can fill the queue meanwhile."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.started = threading.Event()
-        self.release = threading.Event()
-
-    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        self.started.set()
-        if not self.release.wait(timeout=30):
-            raise TimeoutError("test never released the gated embedder")
-        return super().embed(texts)
+from sidecar.semantic.micro_batcher import MicroBatcher
+from tests.fakes import GatedEmbedder, HashEmbedder
 
 
 class FailingEmbedder(HashEmbedder):
@@ -88,9 +74,9 @@ async def test_requests_arriving_during_a_batch_go_out_together() -> None:
     batcher = MicroBatcher(embedder, max_wait_s=0)
     first = asyncio.create_task(batcher.embed("first"))
     # The loop stays free while the model runs: this await is served by the loop.
-    assert await asyncio.to_thread(embedder.started.wait, 30)
+    assert await asyncio.to_thread(embedder.wait_entered, 1)
     later = await enqueue(batcher, ["second", "third", "fourth"])
-    embedder.release.set()
+    embedder.open()
     rows = [await first] + [await t for t in later]
     await batcher.close()
     assert embedder.batches == [1, 3]
@@ -124,10 +110,10 @@ async def test_cancelled_waiter_is_dropped_and_others_still_answered() -> None:
     embedder = GatedEmbedder()
     batcher = MicroBatcher(embedder, max_wait_s=0)
     first = asyncio.create_task(batcher.embed("first"))
-    assert await asyncio.to_thread(embedder.started.wait, 30)
+    assert await asyncio.to_thread(embedder.wait_entered, 1)
     gone, kept = await enqueue(batcher, ["gone", "kept"])
     gone.cancel()
-    embedder.release.set()
+    embedder.open()
     await first
     row = await kept
     await batcher.close()

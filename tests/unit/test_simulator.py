@@ -17,19 +17,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sidecar.errors import ConfigError, RequestError
-from sidecar.simulator.server import (
-    LoopPacer,
-    Pacer,
-    SimulatorConfig,
-    config_from_args,
-    configure_parser,
-    due_tokens,
-    start,
-)
+from sidecar.cli import simulate
+from sidecar.errors import ConfigError
 from sidecar.simulator.answer import compose_answer, count_tokens, split_tokens
+from sidecar.simulator.config import SimulatorConfig
+from sidecar.simulator.errors import ApiError, SimulatorConfigError
 from sidecar.simulator.load import AdmissionGate, QueueFullError
 from sidecar.simulator.protocol import parse_chat_request, parse_text_request
+from sidecar.simulator.server import LoopPacer, Pacer, due_tokens, start
 
 MODEL = "sim-model"
 WAIT_LIMIT_S = 10.0
@@ -541,9 +536,10 @@ def test_parsing_flattens_messages_and_prefers_max_completion_tokens() -> None:
     assert parsed.max_tokens == 7
     assert parsed.stream and parsed.include_usage
     assert parse_text_request({"model": "m", "prompt": ["only"]}).prompt == "only"
-    with pytest.raises(RequestError) as caught:
+    with pytest.raises(ApiError) as caught:
         parse_text_request({"model": "m", "prompt": ["a", "b"]})
     assert caught.value.param == "prompt"
+    assert caught.value.status == 400
 
 
 @pytest.mark.parametrize(
@@ -559,20 +555,20 @@ def test_parsing_flattens_messages_and_prefers_max_completion_tokens() -> None:
     ],
 )
 def test_bad_config_is_refused(overrides: dict[str, Any]) -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(SimulatorConfigError):
         SimulatorConfig(name="x", model="m", **overrides)
 
 
 def test_command_line_builds_the_config() -> None:
     parser = argparse.ArgumentParser()
-    configure_parser(parser)
+    simulate.configure(parser)
     args = parser.parse_args(
         shlex.split(
             "--name fast --port 0 --model tiny --ttft-ms 20 --style concise "
             "--weak-pattern proof --weak-pattern integral"
         )
     )
-    config = config_from_args(args)
+    config = simulate.config_from_args(args)
     assert config == SimulatorConfig(
         name="fast",
         model="tiny",
@@ -581,3 +577,12 @@ def test_command_line_builds_the_config() -> None:
         weak_patterns=("proof", "integral"),
     )
     assert args.host == "127.0.0.1"
+
+
+def test_command_line_refuses_a_bad_config_as_a_router_config_error() -> None:
+    parser = argparse.ArgumentParser()
+    simulate.configure(parser)
+    args = parser.parse_args(["--name", "x", "--model", "m", "--port", "0", "--concurrency", "0"])
+    # The simulator's own error becomes the CLI's ConfigError: exit 2 with one line.
+    with pytest.raises(ConfigError, match="concurrency"):
+        simulate.run(args)

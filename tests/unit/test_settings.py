@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sidecar.core.decision import Policy
-from sidecar.errors import ConfigError
 from sidecar.config.settings import load_settings
+from sidecar.core.policy import Policy
+from sidecar.errors import ConfigError
 
 
 def _write(tmp_path: Path, data: object) -> Path:
@@ -36,7 +36,8 @@ def test_overrides_win_and_none_is_ignored(tmp_path: Path) -> None:
     [
         ({"envoy_config": "a", "tierz": ["x"]}, "tierz"),
         ({"envoy_config": "a", "semantic": {"threads": 0}}, "semantic.threads"),
-        ({"envoy_config": "a", "classifier": {"k": 0}}, "classifier.k"),
+        ({"envoy_config": "a", "classifier": {"k": 0}}, r"classifier\.k: 0 is not in"),
+        ({"envoy_config": "a", "classifier": {"tresholds": 0.5}}, r"classifier\.tresholds"),
         ({"envoy_config": "a", "default_policy": "fastest"}, "default_policy"),
         ({"envoy_config": "a", "semantic": {"onnx_model": "m.onnx"}}, "tokenizer"),
         ({}, "envoy_config"),

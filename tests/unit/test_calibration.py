@@ -7,16 +7,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sidecar.cli import calibrate
+from sidecar.errors import ConfigError
 from sidecar.evaluation.calibration import (
     CalibrationPoint,
     choose_need_threshold,
     choose_thresholds,
-    configure_calibrate_parser,
     required_recall,
-    run_calibrate,
     write_classifier_settings,
 )
-from sidecar.errors import ConfigError
 from tests.fakes import run_command_with_fake_embedder, write_jsonl
 
 
@@ -111,9 +110,7 @@ def test_settings_are_merged_into_the_classifier_section(tmp_path: Path) -> None
 
 
 def _calibrate(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
-    return run_command_with_fake_embedder(
-        configure_calibrate_parser, run_calibrate, argv, monkeypatch
-    )
+    return run_command_with_fake_embedder(calibrate.configure, calibrate.run, argv, monkeypatch)
 
 
 def test_calibrate_command_writes_thresholds_for_an_oos_target(

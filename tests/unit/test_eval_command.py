@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.cli import evaluate
 from sidecar.errors import ConfigError
-from sidecar.evaluation.pipeline import configure_eval_parser, run_eval
 from tests.fakes import run_command_with_fake_embedder, write_jsonl
 
 
 def _eval(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
-    return run_command_with_fake_embedder(configure_eval_parser, run_eval, argv, monkeypatch)
+    return run_command_with_fake_embedder(evaluate.configure, evaluate.run, argv, monkeypatch)
 
 
 def test_eval_command_on_route_rows(

@@ -1,0 +1,107 @@
+"""The ext_proc adapter over real gRPC on loopback, without Envoy: the message protocol."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
+
+from sidecar.core.catalogue import Catalogue, Price, Provider
+from sidecar.core.decision import ProviderSnapshot, RoutingTable
+from sidecar.devstack.extproc_client import (
+    body_message,
+    chat_request,
+    decision_headers,
+    exchange,
+    headers_message,
+)
+from sidecar.serving.extproc import ExternalProcessor
+from sidecar.serving.metrics import RouterMetrics
+from sidecar.serving.service import POLICY_HEADER, ROUTE_POLICY_METADATA, RoutingService
+
+CATALOGUE = Catalogue(
+    providers=(
+        Provider("tiny", "tiny-1b", "small", Price(0.1, 0.1)),
+        Provider("big", "big-1t", "frontier", Price(5, 15)),
+    ),
+    clusters=frozenset({"tiny", "big"}),
+)
+
+
+@pytest.fixture
+async def stub() -> AsyncIterator[ext_grpc.ExternalProcessorStub]:
+    service = RoutingService(
+        table=RoutingTable(tiers=("small", "frontier"), default_route="small"),
+        catalogue=CATALOGUE,
+        snapshot=ProviderSnapshot,
+    )
+    server = grpc.aio.server()
+    ext_grpc.add_ExternalProcessorServicer_to_server(
+        ExternalProcessor(service, RouterMetrics()), server
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield ext_grpc.ExternalProcessorStub(channel)
+    await server.stop(0)
+
+
+CHAT_PATH = "/v1/chat/completions"
+
+
+async def test_decision_in_the_body_response(stub: ext_grpc.ExternalProcessorStub) -> None:
+    replies = await exchange(stub, chat_request("hello", headers={"x-router-upstream": "big"}))
+    assert replies[0].HasField("request_headers")
+    body_reply = replies[1].request_body.response
+    assert body_reply.clear_route_cache
+    headers = decision_headers(replies[1])
+    assert headers["x-router-upstream"] == "tiny"  # the client's value is overwritten
+    assert headers["x-router-model"] == "tiny-1b"
+    assert headers["x-router-route"] == "small"
+    assert len(headers["x-router-decision-id"]) == 32
+    new_body = body_reply.body_mutation.body
+    assert json.loads(new_body)["model"] == "tiny-1b"
+    assert headers["content-length"] == str(len(new_body))
+
+
+async def test_route_policy_metadata(stub: ext_grpc.ExternalProcessorStub) -> None:
+    replies = await exchange(
+        stub, chat_request("hello"), metadata=((ROUTE_POLICY_METADATA, "quality"),)
+    )
+    assert decision_headers(replies[1])["x-router-upstream"] == "big"
+
+
+async def test_errors_become_immediate_openai_responses(
+    stub: ext_grpc.ExternalProcessorStub,
+) -> None:
+    bad = await exchange(stub, [headers_message(CHAT_PATH), body_message(b"{oops")])
+    immediate = bad[1].immediate_response
+    assert immediate.status.code == 400
+    assert json.loads(immediate.body)["error"]["code"] == "invalid_json"
+    no_body = await exchange(stub, [headers_message(CHAT_PATH, end_of_stream=True)])
+    assert no_body[0].immediate_response.status.code == 400
+    policy = await exchange(stub, chat_request("hello", headers={POLICY_HEADER: "warp"}))
+    assert json.loads(policy[1].immediate_response.body)["error"]["param"] == POLICY_HEADER
+
+
+async def test_unknown_model_is_a_404(stub: ext_grpc.ExternalProcessorStub) -> None:
+    replies = await exchange(stub, chat_request("hello", model="gpt-99"))
+    immediate = replies[1].immediate_response
+    assert immediate.status.code == 404
+    error = json.loads(immediate.body)["error"]
+    assert error["code"] == "model_not_found" and error["param"] == "model"
+
+
+async def test_paths_the_router_does_not_route_pass_through(
+    stub: ext_grpc.ExternalProcessorStub,
+) -> None:
+    replies = await exchange(stub, [headers_message("/v1/models", end_of_stream=True)])
+    assert replies[0].HasField("request_headers")
+    assert not replies[0].request_headers.response.header_mutation.set_headers
+    embeddings = await exchange(
+        stub, [headers_message("/v1/embeddings"), body_message({"input": "x"})]
+    )
+    assert not embeddings[1].request_body.response.header_mutation.set_headers

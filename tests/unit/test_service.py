@@ -1,0 +1,139 @@
+"""RoutingService: the body rewrite, policy asks, the classifier's verdict, what it logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from sidecar.core.catalogue import Catalogue, Price, Provider
+from sidecar.core.decision import ProviderSnapshot, RoutingTable
+from sidecar.core.policy import Policy
+from sidecar.core.vote import RouteVerdict
+from sidecar.errors import NotFoundError, RequestError
+from sidecar.serving.service import POLICY_HEADER, RoutingService
+from sidecar.serving.statuses import http_status
+
+CATALOGUE = Catalogue(
+    providers=(
+        Provider("tiny", "tiny-1b", "small", Price(0.1, 0.1)),
+        Provider("big", "big-1t", "frontier", Price(5, 15)),
+    ),
+    clusters=frozenset({"tiny", "big"}),
+)
+TABLE = RoutingTable(tiers=("small", "frontier"), default_route="small")
+SECRET_PROMPT = "my card number is 4111 1111 1111 1111"
+BODY = json.dumps(
+    {
+        "model": "auto",
+        "messages": [{"role": "user", "content": SECRET_PROMPT}],
+        "temperature": 0.2,
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+    }
+).encode()
+
+
+def _service(log_prompts: bool = False) -> RoutingService:
+    return RoutingService(
+        table=TABLE, catalogue=CATALOGUE, snapshot=ProviderSnapshot, log_prompts=log_prompts
+    )
+
+
+async def test_rewrite_keeps_every_other_field() -> None:
+    routed = await _service().route("/v1/chat/completions", {}, BODY)
+    assert routed.body is not None
+    rewritten = json.loads(routed.body)
+    original = json.loads(BODY)
+    assert rewritten.pop("model") == "tiny-1b"
+    original.pop("model")
+    assert rewritten == original
+
+
+async def test_explicit_model_body_is_untouched() -> None:
+    body = BODY.replace(b'"auto"', b'"big-1t"')
+    routed = await _service().route("/v1/chat/completions", {}, body)
+    assert routed.body is None and routed.decision.upstream == "big"
+
+
+async def test_unrouted_path_is_refused() -> None:
+    with pytest.raises(NotFoundError) as caught:
+        await _service().route("/v1/embeddings", {}, BODY)
+    assert caught.value.code == "unknown_url"
+    assert http_status(caught.value) == 404
+
+
+@pytest.mark.parametrize("log_prompts", [False, True])
+async def test_prompts_are_logged_only_when_asked(
+    caplog: pytest.LogCaptureFixture, log_prompts: bool
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="sidecar")
+    await _service(log_prompts).route(
+        "/v1/chat/completions", {"authorization": "Bearer sk-secret"}, BODY
+    )
+    assert (SECRET_PROMPT in caplog.text) is log_prompts
+    assert "sk-secret" not in caplog.text
+    assert "decision" in caplog.text
+
+
+class _FixedClassifier:
+    """A `Classifier` that names one route for every text and counts its calls."""
+
+    def __init__(self, verdict: RouteVerdict) -> None:
+        self.verdict = verdict
+        self.texts: list[str] = []
+
+    async def classify(self, text: str) -> RouteVerdict:
+        self.texts.append(text)
+        return self.verdict
+
+
+def _named(route: str) -> RouteVerdict:
+    return RouteVerdict(
+        route=route,
+        scores={route: 1.0},
+        confidence=1.0,
+        best_similarity=0.9,
+        margin=1.0,
+        threshold=0.25,
+        abstain_reason=None,
+        neighbours=(),
+        predicted_output_tokens=None,
+    )
+
+
+async def test_the_verdict_routes_balanced_requests_and_is_returned() -> None:
+    classifier = _FixedClassifier(_named("frontier"))
+    service = RoutingService(
+        table=TABLE, catalogue=CATALOGUE, snapshot=ProviderSnapshot, classifier=classifier
+    )
+    routed = await service.route("/v1/chat/completions", {}, BODY)
+    assert routed.verdict is classifier.verdict
+    assert routed.decision.route == "frontier" and routed.decision.upstream == "big"
+    assert classifier.texts == [SECRET_PROMPT]
+
+
+async def test_the_classifier_is_skipped_when_the_policy_or_model_decides() -> None:
+    classifier = _FixedClassifier(_named("frontier"))
+    service = RoutingService(
+        table=TABLE, catalogue=CATALOGUE, snapshot=ProviderSnapshot, classifier=classifier
+    )
+    explicit_body = BODY.replace(b'"auto"', b'"tiny-1b"')
+    explicit = await service.route("/v1/chat/completions", {}, explicit_body)
+    by_header = await service.route("/v1/chat/completions", {POLICY_HEADER: "cost"}, BODY)
+    assert explicit.verdict is None and by_header.verdict is None
+    assert classifier.texts == []
+
+
+async def test_header_policy_beats_the_route_policy_and_errors_name_the_header() -> None:
+    service = _service()
+    by_route = await service.route("/v1/chat/completions", {}, BODY, route_policy="quality")
+    assert by_route.decision.policy is Policy.QUALITY and by_route.decision.upstream == "big"
+    both = await service.route(
+        "/v1/chat/completions", {POLICY_HEADER: "cost"}, BODY, route_policy="quality"
+    )
+    assert both.decision.policy is Policy.COST and both.decision.upstream == "tiny"
+    with pytest.raises(RequestError) as caught:
+        await service.route("/v1/chat/completions", {POLICY_HEADER: "warp"}, BODY)
+    assert caught.value.param == POLICY_HEADER
+    assert http_status(caught.value) == 400
