@@ -138,6 +138,10 @@ def decide(
         route, reason = _route_for(intent.policy, verdict, table)
         providers = _providers_for(route, intent.policy, table, catalogue)
     candidates = tuple(_cost(p, facts, output_tokens, snapshot) for p in providers)
+    if intent.explicit_model is None and not any(c.healthy for c in candidates):
+        candidates, reason = _failover(
+            candidates, reason, facts, output_tokens, table, catalogue, snapshot
+        )
     chosen = _choose(candidates, intent.policy)
     provider = catalogue.provider(chosen.cluster)
     return Decision(
@@ -184,6 +188,43 @@ def _providers_for(
     if not providers:
         raise ConfigError(f"route {route!r}: tier {tier!r} has no provider")
     return providers
+
+
+def _failover(
+    candidates: tuple[CandidateCost, ...],
+    reason: str,
+    facts: RequestFacts,
+    output_tokens: float,
+    table: RoutingTable,
+    catalogue: Catalogue,
+    snapshot: ProviderSnapshot,
+) -> tuple[tuple[CandidateCost, ...], str]:
+    """No provider of the route is healthy: the nearest tier with a healthy one serves.
+
+    Nearest by position in `table.tiers`; at equal distance the heavier tier wins, so a
+    failover never lowers quality when it need not. With no healthy provider anywhere the
+    original candidates stay (Envoy's own retries and health checks have the last word).
+    """
+    tiers = {c.tier for c in candidates}
+    home = min((table.tiers.index(t) for t in tiers if t in table.tiers), default=None)
+    if home is None:
+        home = table.tiers.index(table.default_route) if table.default_route in table.tiers else 0
+    order = sorted(
+        (i for i in range(len(table.tiers)) if table.tiers[i] not in tiers),
+        key=lambda i: (abs(i - home), -i),
+    )
+    for position in order:
+        tier = table.tiers[position]
+        alternatives = tuple(
+            _cost(p, facts, output_tokens, snapshot) for p in catalogue.in_tier(tier)
+        )
+        if any(c.healthy for c in alternatives):
+            unhealthy = ", ".join(sorted(c.cluster for c in candidates))
+            return alternatives, (
+                f"{reason}; no healthy provider ({unhealthy} unhealthy), "
+                f"the nearest healthy tier {tier} serves"
+            )
+    return candidates, f"{reason}; no healthy provider in any tier"
 
 
 def _predicted_output_tokens(facts: RequestFacts, verdict: RouteVerdict | None) -> float:

@@ -20,6 +20,7 @@ from inference_router.v1 import router_pb2_grpc
 from sidecar.config.envoy import load_catalogue
 from sidecar.config.settings import Settings
 from sidecar.core.decision import ProviderSnapshot
+from sidecar.errors import ConfigError
 from sidecar.serving.api import RouterApi
 from sidecar.serving.composition import SemanticFactory, SemanticParts, build_semantic
 from sidecar.serving.extproc import ExternalProcessor
@@ -88,6 +89,9 @@ async def start_sidecar(
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
+            # gRPC sets SO_REUSEPORT by default: a second sidecar on the same port would
+            # start silently and share the traffic. Refuse instead.
+            ("grpc.so_reuseport", 0),
         ]
     )
     ext_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(service, metrics), server)
@@ -96,7 +100,10 @@ async def start_sidecar(
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(settings.listen)
+    try:
+        port = server.add_insecure_port(settings.listen)
+    except RuntimeError as exc:  # grpc reports a failed bind as a bare RuntimeError
+        raise ConfigError(f"listen: cannot bind {settings.listen}: {exc}") from exc
     admin_host, admin_port = _split_address(settings.admin_listen)
     readiness = Readiness()
     admin = await _start_admin(metrics, readiness, admin_host, admin_port)
@@ -125,7 +132,13 @@ async def _start_admin(
     app.router.add_get("/healthz", _ok)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(
+            f"admin_listen: cannot bind {host}:{port}: {exc.strerror or exc}"
+        ) from exc
     return runner
 
 

@@ -177,8 +177,44 @@ def test_live_state_moves_traffic() -> None:
     assert _decide(snapshot=unhealthy).upstream == "mid-b"
     cheaper = ProviderSnapshot({"mid-b": ProviderState(price=Price(0.1, 0.1))})
     assert _decide(snapshot=cheaper).upstream == "mid-b"
-    all_down = ProviderSnapshot({c: ProviderState(healthy=False) for c in ("mid-a", "mid-b")})
-    assert _decide(snapshot=all_down).upstream == "mid-a"
+
+
+
+def _down(*clusters: str) -> ProviderSnapshot:
+    return ProviderSnapshot({c: ProviderState(healthy=False) for c in clusters})
+
+
+@pytest.mark.parametrize(
+    ("down", "route", "upstream", "tier"),
+    [
+        # mid is down: small and frontier are equally near, the heavier one serves.
+        (("mid-a", "mid-b"), None, "big", "frontier"),
+        (("mid-a", "mid-b", "big"), None, "tiny", "small"),
+        # frontier is down: mid is nearest.
+        (("big",), "frontier", "mid-a", "mid"),
+        # small is down: mid is nearest, not frontier.
+        (("tiny",), "small", "mid-a", "mid"),
+    ],
+)
+def test_a_tier_without_healthy_providers_hands_over_to_the_nearest_tier(
+    down: tuple[str, ...], route: str | None, upstream: str, tier: str
+) -> None:
+    verdict = _verdict(route, 0.9) if route else None
+    decision = _decide(snapshot=_down(*down), verdict=verdict)
+    assert (decision.upstream, decision.tier) == (upstream, tier)
+    assert f"the nearest healthy tier {tier} serves" in decision.reason
+    assert decision.route == (route or "mid")  # the route names what the prompt needed
+
+
+def test_with_nothing_healthy_anywhere_the_route_keeps_its_providers() -> None:
+    decision = _decide(snapshot=_down("tiny", "mid-a", "mid-b", "big"))
+    assert decision.upstream == "mid-a"
+    assert "no healthy provider in any tier" in decision.reason
+
+
+def test_an_explicit_model_is_never_swapped_for_another_model() -> None:
+    decision = _decide("gpt-big", snapshot=_down("big"))
+    assert decision.upstream == "big" and decision.model == "gpt-big"
 
 
 def test_speed_policy_prefers_short_queue() -> None:
