@@ -74,11 +74,10 @@ class SemanticClassifier:
         if cached is not None:
             self._cache.move_to_end(key)
             return cached
-        expected_wait = self._batcher.expected_wait_s()
-        if expected_wait > self._max_queue_s:
+        if self._batcher.overloaded(self._max_queue_s):
             log.debug(
                 "shedding: a new prompt would wait %.0f ms for the model (budget %.0f ms)",
-                1000 * expected_wait, 1000 * self._max_queue_s,
+                1000 * self._batcher.expected_wait_s(), 1000 * self._max_queue_s,
             )  # fmt: skip
             return abstention(SHED)
         vector = await self._batcher.embed(text)
@@ -90,6 +89,10 @@ class SemanticClassifier:
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return result
+
+    def expected_wait_s(self) -> float:
+        """How long a new prompt would wait for the model now (a gauge on /metrics)."""
+        return self._batcher.expected_wait_s()
 
     async def reload(self, path: str | None) -> IndexInfo:
         """Load an index from disk and swap it in; on failure the old one keeps serving."""

@@ -7,11 +7,15 @@ batch when it holds `max_batch` texts, or when its oldest text has waited `max_w
 but only while the worker is idle. While a batch runs, newcomers accumulate and go out
 together as soon as it finishes (they have already waited longer than `max_wait_s`), so
 under load batches grow by themselves and at low load a lone request waits at most
-`max_wait_s` before the model runs. Each waiter gets its own row; if the model raises,
-every waiter of that batch gets the exception.
+`max_wait_s` before the model runs. Each waiter gets its own row. If the model raises on
+a batch of several, each text is retried alone, so one bad prompt fails only itself.
 
 The batcher also keeps a running estimate of the model's cost per text, so callers can
-see how long a new text would wait (`expected_wait_s`) and shed load before waiting.
+see how long a new text would wait (`expected_wait_s`) and shed load before waiting
+(`overloaded`). Two rules keep one slow batch (a paused process, a busy neighbour) from
+switching the classifier off for good: nothing is ever shed while the model is idle and
+nothing is queued (the next batch re-measures the cost), and the estimate halves for
+every `IDLE_HALF_LIFE_S` the model spends idle.
 
 All state is touched only from the event loop thread; the worker thread only runs
 `embedder.embed`.
@@ -21,6 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -32,6 +39,11 @@ from sidecar.semantic.embedder import Embedder
 
 log = logging.getLogger(__name__)
 
+# An estimate learnt under a burst (or a stall) should not outlive it by much.
+IDLE_HALF_LIFE_S = 1.0
+# An exponentially weighted mean follows load and CPU contention within a few batches.
+EWMA_WEIGHT = 0.2
+
 
 @dataclass(frozen=True)
 class _Waiter:
@@ -42,7 +54,14 @@ class _Waiter:
 class MicroBatcher:
     """Coalesces concurrent `embed` calls into batched calls on one worker thread."""
 
-    def __init__(self, embedder: Embedder, *, max_batch: int = 16, max_wait_s: float = 0.001):
+    def __init__(
+        self,
+        embedder: Embedder,
+        *,
+        max_batch: int = 16,
+        max_wait_s: float = 0.001,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if max_wait_s < 0:
@@ -55,7 +74,9 @@ class MicroBatcher:
         self._timer: asyncio.TimerHandle | None = None
         self._in_flight: asyncio.Task[None] | None = None
         self._in_flight_texts = 0
+        self._clock = clock
         self._seconds_per_text: float | None = None
+        self._idle_since = clock()
         self._closed = False
 
     @property
@@ -63,11 +84,28 @@ class MicroBatcher:
         """The embedder every batch is sent to."""
         return self._embedder
 
-    def expected_wait_s(self) -> float:
-        """How long a text submitted now would wait for its row (0 until measured)."""
+    def seconds_per_text(self) -> float:
+        """The model's current cost per text (decayed while idle; 0 until measured)."""
         if self._seconds_per_text is None:
             return 0.0
-        return (len(self._pending) + self._in_flight_texts + 1) * self._seconds_per_text
+        if self._in_flight is not None:
+            return self._seconds_per_text
+        idle_s = max(0.0, self._clock() - self._idle_since)
+        return self._seconds_per_text * math.pow(0.5, idle_s / IDLE_HALF_LIFE_S)
+
+    def expected_wait_s(self) -> float:
+        """How long a text submitted now would wait for its row (0 until measured)."""
+        return (len(self._pending) + self._in_flight_texts + 1) * self.seconds_per_text()
+
+    def overloaded(self, budget_s: float) -> bool:
+        """True when a new text would wait longer than `budget_s` behind others.
+
+        Never while the model is idle with nothing queued: then the text goes straight in,
+        and its batch measures the model's cost afresh.
+        """
+        if not self._pending and self._in_flight is None:
+            return False
+        return self.expected_wait_s() > budget_s
 
     async def embed(self, text: str) -> npt.NDArray[np.float32]:
         """Embed one text, sharing a model call with whatever arrives alongside it."""
@@ -112,39 +150,73 @@ class MicroBatcher:
             return
         batch = self._pending[: self._max_batch]
         del self._pending[: self._max_batch]
+        # Keep what idling has taken off the estimate: the batch will correct it anyway.
+        if self._seconds_per_text is not None:
+            self._seconds_per_text = self.seconds_per_text()
         self._in_flight_texts = len(batch)
         self._in_flight = asyncio.get_running_loop().create_task(self._run(batch))
 
     async def _run(self, batch: list[_Waiter]) -> None:
-        loop = asyncio.get_running_loop()
-        texts = [w.text for w in batch]
-        started = loop.time()
         try:
-            rows = await loop.run_in_executor(self._executor, self._embedder.embed, texts)
-            self._observe(loop.time() - started, len(batch))
-            if rows.shape[0] != len(batch):
-                raise EmbedderError(f"embedder returned {rows.shape[0]} rows for {len(batch)}")
+            try:
+                rows = await self._embed([w.text for w in batch])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if len(batch) == 1:
+                    raise
+                # One bad prompt must not fail the innocent ones batched with it.
+                log.warning(
+                    "embedding batch of %d failed (%s); retrying one by one", len(batch), exc
+                )
+                await self._run_one_by_one(batch)
+            else:
+                for w, row in zip(batch, rows, strict=True):
+                    if not w.future.done():
+                        w.future.set_result(row.copy())
         except asyncio.CancelledError:
             for w in batch:
                 w.future.cancel()
             raise
         except Exception as exc:
-            log.warning("embedding batch of %d failed: %s", len(batch), exc)
+            log.warning("embedding failed: %s", exc)
             for w in batch:
                 if not w.future.done():
                     w.future.set_exception(exc)
-        else:
-            for i, w in enumerate(batch):
-                if not w.future.done():
-                    w.future.set_result(rows[i].copy())
         finally:
             self._in_flight = None
             self._in_flight_texts = 0
+            self._idle_since = self._clock()
             # Whatever arrived meanwhile has waited a whole batch already: send it now.
             self._dispatch()
 
+    async def _run_one_by_one(self, batch: list[_Waiter]) -> None:
+        for w in batch:
+            if w.future.done():
+                continue
+            try:
+                (row,) = await self._embed([w.text])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not w.future.done():
+                    w.future.set_exception(exc)
+            else:
+                if not w.future.done():
+                    w.future.set_result(row.copy())
+
+    async def _embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        loop = asyncio.get_running_loop()
+        started = self._clock()
+        rows = await loop.run_in_executor(self._executor, self._embedder.embed, texts)
+        self._observe(self._clock() - started, len(texts))
+        if rows.shape[0] != len(texts):
+            raise EmbedderError(f"embedder returned {rows.shape[0]} rows for {len(texts)}")
+        return rows
+
     def _observe(self, seconds: float, texts: int) -> None:
-        # An exponentially weighted mean follows load and CPU contention within a few batches.
         per_text = seconds / texts
         previous = self._seconds_per_text
-        self._seconds_per_text = per_text if previous is None else 0.8 * previous + 0.2 * per_text
+        self._seconds_per_text = (
+            per_text if previous is None else (1 - EWMA_WEIGHT) * previous + EWMA_WEIGHT * per_text
+        )

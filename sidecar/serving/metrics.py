@@ -6,7 +6,9 @@ globals), so tests can build as many as they like.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from sidecar.core.decision import Decision
 
@@ -57,6 +59,16 @@ class RouterMetrics:
     def error(self, kind: str) -> None:
         """Record an unexpected error (a bug or a broken dependency), by where it happened."""
         self._errors.labels(kind).inc()
+
+    def watch_classifier(self, expected_wait_s: Callable[[], float]) -> None:
+        """Export how long a new prompt would wait for the model (the shedding signal)."""
+        gauge = Gauge(
+            "inference_router_classifier_expected_wait_seconds",
+            "How long a new prompt would wait for the embedding model; above the shedding "
+            "budget (semantic.max_queue_ms) prompts are shed to the default route",
+            registry=self.registry,
+        )
+        gauge.set_function(expected_wait_s)
 
     def exposition(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -76,6 +76,8 @@ async def start_sidecar(
     catalogue = load_catalogue(settings.envoy_config)
     semantic = await semantic_factory(settings)
     metrics = RouterMetrics()
+    if semantic is not None:
+        metrics.watch_classifier(semantic.classifier.expected_wait_s)
     service = RoutingService(
         table=settings.routing_table(),
         catalogue=catalogue,

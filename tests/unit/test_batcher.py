@@ -83,16 +83,40 @@ async def test_requests_arriving_during_a_batch_go_out_together() -> None:
     np.testing.assert_array_equal(np.stack(rows), expected(["first", "second", "third", "fourth"]))
 
 
-async def test_error_reaches_every_waiter_of_the_batch_and_batcher_recovers() -> None:
+async def test_a_failed_batch_is_retried_text_by_text_so_only_the_bad_prompt_fails() -> None:
+    class PoisonEmbedder(HashEmbedder):
+        def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+            if "poison" in texts:
+                raise EmbedderError("model exploded on a bad prompt")
+            return super().embed(texts)
+
+    embedder = PoisonEmbedder()
+    batcher = MicroBatcher(embedder, max_batch=8)
+    texts = ["a", "poison", "c", "d"]
+    results = await asyncio.gather(*(batcher.embed(t) for t in texts), return_exceptions=True)
+    await batcher.close()
+    # The batch of 4 and "poison" alone raised; "a", "c" and "d" were retried one by one.
+    assert embedder.batches == [1, 1, 1]
+    assert isinstance(results[1], EmbedderError)
+    good = [r for i, r in enumerate(results) if i != 1 and isinstance(r, np.ndarray)]
+    np.testing.assert_array_equal(np.stack(good), expected(["a", "c", "d"]))
+
+
+async def test_a_transient_failure_costs_no_request_and_the_batcher_recovers() -> None:
     embedder = FailingEmbedder(failures=1)
     batcher = MicroBatcher(embedder)
-    results = await asyncio.gather(
-        *(batcher.embed(t) for t in ["a", "b", "c"]), return_exceptions=True
-    )
-    assert all(isinstance(r, EmbedderError) and "exploded" in str(r) for r in results)
+    rows = await asyncio.gather(*(batcher.embed(t) for t in ["a", "b", "c"]))
+    np.testing.assert_array_equal(np.stack(rows), expected(["a", "b", "c"]))
     row = await batcher.embed("a")
     await batcher.close()
     np.testing.assert_array_equal(row, expected(["a"])[0])
+
+
+async def test_a_failing_lone_text_gets_the_error() -> None:
+    batcher = MicroBatcher(FailingEmbedder(failures=1))
+    with pytest.raises(EmbedderError, match="exploded"):
+        await batcher.embed("a")
+    await batcher.close()
 
 
 async def test_wrong_row_count_is_an_embedder_error() -> None:
@@ -101,8 +125,70 @@ async def test_wrong_row_count_is_an_embedder_error() -> None:
             return super().embed(texts)[:-1]
 
     batcher = MicroBatcher(ShortEmbedder())
-    with pytest.raises(EmbedderError, match="returned 1 rows for 2"):
+    with pytest.raises(EmbedderError, match="returned 0 rows for 1"):
         await asyncio.gather(batcher.embed("x"), batcher.embed("y"))
+    await batcher.close()
+
+
+class FakeClock:
+    """Time that moves only when the test (or a fake model call) moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class SlowOnceEmbedder(GatedEmbedder):
+    """A gated embedder whose first call takes `stall_s` of fake time (a SIGSTOP, say)."""
+
+    def __init__(self, clock: FakeClock, stall_s: float) -> None:
+        super().__init__()
+        self._clock, self._stall_s = clock, stall_s
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        rows = super().embed(texts)
+        self._clock.now += self._stall_s
+        self._stall_s = 0.001  # every later call costs a millisecond
+        return rows
+
+
+async def test_one_slow_batch_does_not_switch_the_classifier_off() -> None:
+    clock = FakeClock()
+    embedder = SlowOnceEmbedder(clock, stall_s=1.0)
+    embedder.open()
+    batcher = MicroBatcher(embedder, max_wait_s=0, clock=clock)
+    await batcher.embed("stalled")
+    assert batcher.seconds_per_text() == pytest.approx(1.0)
+    # Idle with nothing queued: a new text goes straight in, whatever the estimate says.
+    assert not batcher.overloaded(budget_s=0.05)
+    # The estimate halves for every idle half-life, so it cannot stay stuck high.
+    clock.now += 1.0
+    assert batcher.seconds_per_text() == pytest.approx(0.5)
+    clock.now += 9.0
+    assert batcher.seconds_per_text() < 0.002
+    # The next batch starts from the decayed value and measures afresh.
+    await batcher.embed("fresh")
+    assert batcher.seconds_per_text() < 0.002
+    await batcher.close()
+
+
+async def test_overloaded_only_when_texts_would_queue_past_the_budget() -> None:
+    clock = FakeClock()
+    embedder = SlowOnceEmbedder(clock, stall_s=0.02)
+    batcher = MicroBatcher(embedder, max_batch=1, max_wait_s=0, clock=clock)
+    embedder.allow(1)
+    await batcher.embed("learn the cost")  # 20 ms per text
+    running = asyncio.create_task(batcher.embed("in the model"))
+    assert await asyncio.to_thread(embedder.wait_entered, 2)
+    # One text in the model: a newcomer would wait 2 x 20 ms.
+    assert batcher.expected_wait_s() == pytest.approx(0.04)
+    assert not batcher.overloaded(budget_s=0.05)
+    queued = await enqueue(batcher, ["queued"])
+    assert batcher.overloaded(budget_s=0.05)  # now 3 x 20 ms
+    embedder.open()
+    await asyncio.gather(running, *queued)
     await batcher.close()
 
 

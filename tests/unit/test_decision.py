@@ -179,7 +179,6 @@ def test_live_state_moves_traffic() -> None:
     assert _decide(snapshot=cheaper).upstream == "mid-b"
 
 
-
 def _down(*clusters: str) -> ProviderSnapshot:
     return ProviderSnapshot({c: ProviderState(healthy=False) for c in clusters})
 

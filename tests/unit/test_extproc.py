@@ -105,3 +105,61 @@ async def test_paths_the_router_does_not_route_pass_through(
         stub, [headers_message("/v1/embeddings"), body_message({"input": "x"})]
     )
     assert not embeddings[1].request_body.response.header_mutation.set_headers
+
+
+class _FlakySnapshot:
+    """A snapshot source that raises (a bug) for its first `failures` calls."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+
+    def __call__(self) -> ProviderSnapshot:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("internal detail that must not reach a client")
+        return ProviderSnapshot()
+
+
+async def _processor_stub(
+    snapshot: _FlakySnapshot, metrics: RouterMetrics
+) -> tuple[grpc.aio.Server, grpc.aio.Channel, ext_grpc.ExternalProcessorStub]:
+    service = RoutingService(
+        table=RoutingTable(tiers=("small", "frontier"), default_route="small"),
+        catalogue=CATALOGUE,
+        snapshot=snapshot,
+    )
+    server = grpc.aio.server()
+    ext_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(service, metrics), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    return server, channel, ext_grpc.ExternalProcessorStub(channel)
+
+
+@pytest.mark.parametrize(
+    ("failures", "decided"),
+    [(1, True), (2, False)],  # the default decision works / fails too
+)
+async def test_an_unexpected_error_is_logged_counted_and_never_shown(
+    failures: int, decided: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = RouterMetrics()
+    server, channel, stub = await _processor_stub(_FlakySnapshot(failures), metrics)
+    try:
+        replies = await exchange(stub, chat_request("hello"))
+    finally:
+        await channel.close()
+        await server.stop(0)
+    reply = replies[1]
+    assert not reply.HasField("immediate_response")
+    headers = decision_headers(reply)
+    if decided:  # the default policy's decision, with the model alias rewritten
+        assert headers["x-router-upstream"] == "tiny"
+        assert json.loads(reply.request_body.response.body_mutation.body)["model"] == "tiny-1b"
+        assert headers["x-router-decision-id"] in caplog.text
+    else:  # CONTINUE without a decision: Envoy's fallback route serves it
+        assert "x-router-upstream" not in headers
+    assert "internal detail" not in str(reply)
+    assert "internal detail" in caplog.text  # ...but the operator's log has it
+    exposition = metrics.exposition().decode()
+    assert 'inference_router_errors_total{kind="extproc"} 1.0' in exposition

@@ -10,7 +10,7 @@ import pytest
 from sidecar.core.catalogue import Catalogue, Price, Provider
 from sidecar.core.decision import ProviderSnapshot, RoutingTable
 from sidecar.core.policy import Policy
-from sidecar.core.vote import RouteVerdict
+from sidecar.core.vote import FAILED, RouteVerdict
 from sidecar.errors import NotFoundError, RequestError
 from sidecar.serving.service import POLICY_HEADER, RoutingService
 from sidecar.serving.statuses import http_status
@@ -137,3 +137,41 @@ async def test_header_policy_beats_the_route_policy_and_errors_name_the_header()
         await service.route("/v1/chat/completions", {POLICY_HEADER: "warp"}, BODY)
     assert caught.value.param == POLICY_HEADER
     assert http_status(caught.value) == 400
+
+
+class _BrokenClassifier:
+    """A `Classifier` that raises, as a bug or a broken model would."""
+
+    async def classify(self, text: str) -> RouteVerdict:
+        raise RuntimeError("model state corrupted: secret-internal-detail")
+
+
+async def test_a_failing_classifier_costs_the_semantic_route_not_the_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    errors: list[str] = []
+    service = RoutingService(
+        table=TABLE,
+        catalogue=CATALOGUE,
+        snapshot=ProviderSnapshot,
+        classifier=_BrokenClassifier(),
+        on_error=errors.append,
+    )
+    routed = await service.route("/v1/chat/completions", {}, BODY, decision_id="d-42")
+    assert routed.verdict is not None and routed.verdict.abstain_reason == FAILED
+    assert routed.decision.route == TABLE.default_route
+    assert "classifier failed" in routed.decision.reason
+    assert "secret-internal-detail" not in routed.decision.reason
+    assert errors == ["classifier"]
+    assert "d-42" in caplog.text  # the log line names the decision
+
+
+def test_the_fallback_decision_rewrites_router_aliases_only() -> None:
+    service = _service()
+    routed = service.fallback(BODY, "d-1")
+    assert routed.decision.decision_id == "d-1"
+    assert routed.decision.upstream == "tiny" and "internal error" in routed.decision.reason
+    assert routed.body is not None and json.loads(routed.body)["model"] == "tiny-1b"
+    explicit = service.fallback(BODY.replace(b'"auto"', b'"big-1t"'), "d-2")
+    assert explicit.body is None
+    assert service.fallback(b"{not json", "d-3").body is None
