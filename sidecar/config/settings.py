@@ -58,6 +58,9 @@ class SemanticSettings(_Strict):
     max_queue_ms: float = Field(default=50.0, gt=0)
     cache_size: int = Field(default=4096, ge=0)
     watch_index: bool = True
+    # ReloadIndex may read only indexes under this directory (default: the directory
+    # holding `index`); other paths are refused, so the API cannot open arbitrary files.
+    reload_dir: Path | None = None
 
     @model_validator(mode="after")
     def _model_needs_tokenizer(self) -> SemanticSettings:

@@ -17,6 +17,7 @@ from sidecar.errors import RequestError
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
+MODELS_PATH = "/v1/models"
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 

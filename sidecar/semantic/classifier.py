@@ -56,12 +56,14 @@ class SemanticClassifier:
         index_path: Path | None,
         cache_size: int,
         max_queue_s: float = 0.05,
+        reload_root: Path | None = None,
     ) -> None:
         self._batcher = batcher
         self._index = index
         self._generation = 0
         self._config = config
         self._index_path = index_path
+        self._reload_root = None if reload_root is None else reload_root.resolve()
         self._cache: OrderedDict[tuple[int, str], RouteVerdict] = OrderedDict()
         self._cache_size = cache_size
         self._reload_lock = asyncio.Lock()
@@ -99,6 +101,7 @@ class SemanticClassifier:
         target = Path(path) if path else self._index_path
         if target is None:
             raise IndexLoadError("no index path given and the sidecar was not started with one")
+        self._check_allowed(target)
         async with self._reload_lock:
             fingerprint = self._batcher.embedder.fingerprint
             loaded = await asyncio.to_thread(
@@ -110,6 +113,23 @@ class SemanticClassifier:
             self._index_path = target
         log.info("exemplar index swapped: %s (%d exemplars)", target, len(loaded))
         return IndexInfo(path=str(target), exemplars=len(loaded), fingerprint=loaded.fingerprint)
+
+    def _check_allowed(self, target: Path) -> None:
+        """A reload may read only the configured index or a directory under `reload_root`.
+
+        The API is on the sidecar's gRPC port; without this, anyone who can reach it could
+        make the sidecar open any path on its filesystem.
+        """
+        resolved = target.resolve()
+        if self._index_path is not None and resolved == self._index_path.resolve():
+            return
+        if self._reload_root is not None and resolved.is_relative_to(self._reload_root):
+            return
+        where = f"under {self._reload_root}" if self._reload_root else "the configured index"
+        raise IndexLoadError(
+            f"refusing to load an index from {target}: reloads may only read {where} "
+            "(settings: semantic.reload_dir)"
+        )
 
 
 def _index_stamp(directory: Path) -> tuple[float, float] | None:

@@ -93,6 +93,7 @@ async def build_semantic(settings: Settings) -> SemanticParts | None:
         index,
         settings.classifier,
         index_path=semantic.index,
+        reload_root=semantic.reload_dir or (semantic.index.parent if semantic.index else None),
         cache_size=semantic.cache_size,
         max_queue_s=semantic.max_queue_ms / 1000,
     )

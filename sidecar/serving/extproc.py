@@ -21,7 +21,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
 from envoy.type.v3 import http_status_pb2
 
-from sidecar.core.request import endpoint_for_path
+from sidecar.core.request import MODELS_PATH, endpoint_for_path
 from sidecar.core.vote import FAILED, SHED
 from sidecar.errors import RequestError
 from sidecar.serving.metrics import RouterMetrics
@@ -104,6 +104,19 @@ def error_response(error: RequestError) -> ext.ProcessingResponse:
     )
 
 
+def models_response(body: bytes) -> ext.ProcessingResponse:
+    """An immediate `200` with the model list: the router, not one provider, answers it."""
+    mutation = ext.HeaderMutation(set_headers=[_header("content-type", "application/json")])
+    return ext.ProcessingResponse(
+        immediate_response=ext.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=200),
+            headers=mutation,
+            body=body,
+            details="inference_router_models",
+        )
+    )
+
+
 _CONTINUE_HEADERS = ext.ProcessingResponse(request_headers=ext.HeadersResponse())
 
 
@@ -150,6 +163,8 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
 
     def _headers_only(self, headers: Mapping[str, str]) -> ext.ProcessingResponse:
         path = headers.get(":path", "")
+        if path.split("?", 1)[0] == MODELS_PATH and headers.get(":method", "GET") == "GET":
+            return models_response(self._service.models_body())
         if endpoint_for_path(path) is None:
             return _CONTINUE_HEADERS
         error = RequestError("the request has no body; expected a JSON object", code="no_body")

@@ -83,6 +83,23 @@ class RoutingService:
         """The provider catalogue this service routes over."""
         return self._catalogue
 
+    def models_body(self) -> bytes:
+        """`GET /v1/models` as OpenAI answers it: every name a client may put in `model`.
+
+        The router's own names (`auto`, `router:<policy>`) first, then each provider
+        model and alias once, owned by the cluster that serves it first.
+        """
+        owners: dict[str, str] = {AUTO_MODEL: "inference-router"}
+        owners.update({f"{ALIAS_PREFIX}{p.value}": "inference-router" for p in Policy})
+        for provider in self._catalogue.providers:
+            for name in (provider.model, *provider.aliases):
+                owners.setdefault(name, provider.cluster)
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": owner}
+            for name, owner in owners.items()
+        ]
+        return json.dumps({"object": "list", "data": data}).encode()
+
     async def route(
         self,
         path: str,

@@ -86,6 +86,10 @@ def test_reload_under_load_fails_no_request(
 ) -> None:
     stack, _ = swap_stack
     assert _route_of(stack, GREETING) == "small"
+    # ReloadIndex reads only beside the served index (its directory is the reload root).
+    staged = {name: tmp_path / name for name in ("relabelled", "shipped")}
+    for name, path in staged.items():
+        shutil.copytree(getattr(indexes, name), path)
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / "meta.json").write_text('{"format_version": 1}')
@@ -93,7 +97,7 @@ def test_reload_under_load_fails_no_request(
     prompts = [f"{GREETING} ({i})" for i in range(160)]
     with ThreadPoolExecutor(max_workers=8) as pool:
         routes = pool.map(lambda p: _route_of(stack, p), prompts)
-        for target in (indexes.relabelled, indexes.shipped, indexes.relabelled):
+        for target in (staged["relabelled"], staged["shipped"], staged["relabelled"]):
             _reload(stack, target)
         with pytest.raises(grpc.RpcError) as caught:
             _reload(stack, corrupt)

@@ -98,7 +98,7 @@ async def test_unknown_model_is_a_404(stub: ext_grpc.ExternalProcessorStub) -> N
 async def test_paths_the_router_does_not_route_pass_through(
     stub: ext_grpc.ExternalProcessorStub,
 ) -> None:
-    replies = await exchange(stub, [headers_message("/v1/models", end_of_stream=True)])
+    replies = await exchange(stub, [headers_message("/v1/other", end_of_stream=True)])
     assert replies[0].HasField("request_headers")
     assert not replies[0].request_headers.response.header_mutation.set_headers
     embeddings = await exchange(
@@ -163,3 +163,18 @@ async def test_an_unexpected_error_is_logged_counted_and_never_shown(
     assert "internal detail" in caplog.text  # ...but the operator's log has it
     exposition = metrics.exposition().decode()
     assert 'inference_router_errors_total{kind="extproc"} 1.0' in exposition
+
+
+async def test_the_router_answers_the_model_list(stub: ext_grpc.ExternalProcessorStub) -> None:
+    replies = await exchange(
+        stub, [headers_message("/v1/models", {":method": "GET"}, end_of_stream=True)]
+    )
+    immediate = replies[0].immediate_response
+    assert immediate.status.code == 200
+    listed = json.loads(immediate.body)
+    assert listed["object"] == "list"
+    ids = [m["id"] for m in listed["data"]]
+    assert ids[:5] == ["auto", "router:balanced", "router:speed", "router:quality", "router:cost"]
+    assert set(ids[5:]) == {"tiny-1b", "big-1t"}
+    owners = {m["id"]: m["owned_by"] for m in listed["data"]}
+    assert owners["big-1t"] == "big"

@@ -37,7 +37,7 @@ async def parts(tmp_path: Path) -> AsyncIterator[tuple[SemanticClassifier, HashE
     _index(embedder, "tiny").save(tmp_path / "b")
     batcher = MicroBatcher(embedder, max_batch=8, max_wait_s=0.001)
     classifier = SemanticClassifier(
-        batcher, first, CONFIG, index_path=tmp_path / "a", cache_size=16
+        batcher, first, CONFIG, index_path=tmp_path / "a", cache_size=16, reload_root=tmp_path
     )
     yield classifier, embedder, tmp_path
     await batcher.close()
@@ -69,7 +69,13 @@ async def test_hot_swap_under_load_never_mixes_indexes(tmp_path: Path) -> None:
     new = ExemplarIndex.load(tmp_path / "new", expected_fingerprint=embedder.fingerprint)
     batcher = MicroBatcher(embedder, max_batch=8, max_wait_s=0)
     classifier = SemanticClassifier(
-        batcher, old, CONFIG, index_path=None, cache_size=16, max_queue_s=NO_SHEDDING_S
+        batcher,
+        old,
+        CONFIG,
+        index_path=None,
+        cache_size=16,
+        max_queue_s=NO_SHEDDING_S,
+        reload_root=tmp_path,
     )
     # Same words, different spacing: distinct cache keys, identical fake embeddings, so
     # every request has the same expected answer from each index.
@@ -124,6 +130,20 @@ async def test_corrupt_or_foreign_index_is_refused_and_old_keeps_serving(
     with pytest.raises(IndexLoadError, match="missing"):
         await classifier.reload(str(tmp_path / "absent"))
     assert (await classifier.classify("good morning")).route == "small"
+
+
+async def test_reload_reads_only_under_the_reload_root(
+    parts: tuple[SemanticClassifier, HashEmbedder, Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    classifier, _, root = parts
+    elsewhere = tmp_path_factory.mktemp("elsewhere") / "index"
+    _index(HashEmbedder(), "tiny").save(elsewhere)
+    with pytest.raises(IndexLoadError, match="reloads may only read under"):
+        await classifier.reload(str(elsewhere))
+    with pytest.raises(IndexLoadError, match="reloads may only read under"):
+        await classifier.reload(str(root / ".." / elsewhere.parent.name / "index"))
+    assert (await classifier.classify("good morning")).route == "small"
+    assert (await classifier.reload(str(root / "b"))).exemplars > 0  # inside: fine
 
 
 async def test_reload_without_any_path_is_refused(
