@@ -96,3 +96,47 @@ def load_envoy_yaml(path: Path) -> dict[str, object]:
 def load_catalogue(path: Path) -> Catalogue:
     """Load and validate the provider catalogue from an Envoy YAML file."""
     return catalogue_from_envoy_config(load_envoy_yaml(path), str(path))
+
+
+def ext_proc_max_message_timeout_s(config: Mapping[str, object]) -> float:
+    """The ext_proc filter's `max_message_timeout` in seconds (0: Envoy allows no override).
+
+    The sidecar may ask Envoy for this much time on a message it cannot answer within
+    `message_timeout` (a body of several MiB); asking for more makes Envoy ignore the ask.
+    """
+    for node in _mappings(config):
+        if node.get("name") != EXT_PROC_FILTER:
+            continue
+        typed = node.get("typed_config")
+        raw = typed.get("max_message_timeout") if isinstance(typed, Mapping) else None
+        return _duration_s(raw) if raw is not None else 0.0
+    return 0.0
+
+
+EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
+
+
+def _duration_s(raw: object) -> float:
+    """A protobuf Duration as Envoy YAML writes it: "1.5s" (or a mapping of seconds/nanos)."""
+    if isinstance(raw, str) and raw.endswith("s"):
+        try:
+            return float(raw[:-1])
+        except ValueError:
+            pass
+    if isinstance(raw, Mapping):
+        return float(raw.get("seconds", 0) or 0) + float(raw.get("nanos", 0) or 0) / 1e9
+    raise ConfigError(f"ext_proc max_message_timeout: {raw!r} is not a duration like '2s'")
+
+
+def _mappings(node: object) -> list[Mapping[str, object]]:
+    """Every mapping inside a parsed YAML document, depth first."""
+    found: list[Mapping[str, object]] = []
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, Mapping):
+            found.append(current)
+            stack.extend(current.values())
+        elif isinstance(current, list):
+            stack.extend(current)
+    return found

@@ -8,7 +8,6 @@ untouched.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -28,9 +27,6 @@ ROUTING_TEXT_HEAD_CHARS = 600
 ROUTING_TEXT_TAIL_CHARS = 200
 # A rough, tokeniser-free estimate for cost prediction (OpenAI's rule of thumb).
 CHARS_PER_TOKEN = 4.0
-# Deeper than any real request (tool schemas nest ~10 levels); Python's own JSON decoder
-# gives up near 1,000 with a RecursionError, which must never reach a handler.
-MAX_JSON_DEPTH = 64
 
 
 class Endpoint(Enum):
@@ -71,72 +67,6 @@ def bound_routing_text(text: str) -> str:
     # for routing and only confuse the tokeniser; whitespace runs become one space.
     printable = "".join(ch if ch.isprintable() else " " for ch in text)
     return " ".join(printable.split())
-
-
-def parse_body(body: bytes) -> dict[str, object]:
-    """Decode a JSON request body that must be an object of bounded depth, in clean Unicode."""
-    try:
-        # Strict UTF-8 first: json.loads(bytes) would let encoded surrogates through.
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise RequestError("the request body is not valid UTF-8", code="invalid_json") from exc
-    try:
-        decoded = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RequestError(
-            f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} "
-            f"column {exc.colno}",
-            code="invalid_json",
-        ) from exc
-    except RecursionError:
-        raise _too_deep() from None
-    if not isinstance(decoded, dict):
-        raise RequestError(
-            f"the request body must be a JSON object, not {_json_type(decoded)}",
-            code="invalid_type",
-        )
-    # A \uD800-\uDFFF escape can only be valid as half of a pair; look only when one exists.
-    _check_shape(decoded, surrogates="\\ud" in text or "\\uD" in text)
-    return decoded
-
-
-def _check_shape(value: object, *, surrogates: bool) -> None:
-    """Refuse nesting deeper than MAX_JSON_DEPTH and (if asked) lone surrogates, iteratively."""
-    stack: list[tuple[object, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            children: list[object] = (
-                [*node.values(), *node.keys()] if surrogates else [*node.values()]
-            )
-        elif isinstance(node, list):
-            children = node
-        else:
-            if surrogates and isinstance(node, str) and not _encodable(node):
-                raise RequestError(
-                    "the request body contains a lone UTF-16 surrogate (\\uD800-\\uDFFF "
-                    "not part of a pair), which is not valid Unicode",
-                    code="invalid_json",
-                )
-            continue
-        if depth > MAX_JSON_DEPTH:
-            raise _too_deep()
-        stack.extend((child, depth + 1) for child in children)
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _too_deep() -> RequestError:
-    return RequestError(
-        f"the request body nests arrays/objects deeper than {MAX_JSON_DEPTH} levels",
-        code="invalid_json",
-    )
 
 
 def parse_request(endpoint: Endpoint, body: Mapping[str, object]) -> RequestFacts:

@@ -24,6 +24,7 @@ from envoy.type.v3 import http_status_pb2
 from sidecar.core.request import MODELS_PATH, endpoint_for_path
 from sidecar.core.vote import FAILED, SHED
 from sidecar.errors import RequestError
+from sidecar.serving.body import BIG_BODY_BYTES
 from sidecar.serving.metrics import RouterMetrics
 from sidecar.serving.service import (
     ROUTE_POLICY_METADATA,
@@ -136,9 +137,18 @@ def _passthrough(phase: str) -> ext.ProcessingResponse:
 class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     """Answers Envoy's ext_proc streams with routing decisions."""
 
-    def __init__(self, service: RoutingService, metrics: RouterMetrics) -> None:
+    def __init__(
+        self, service: RoutingService, metrics: RouterMetrics, *, max_message_timeout_s: float = 0.0
+    ) -> None:
         self._service = service
         self._metrics = metrics
+        # A big body may need longer than Envoy's message_timeout; Envoy grants up to its
+        # max_message_timeout when asked before the timer runs out (0: it grants nothing).
+        self._extend: ext.ProcessingResponse | None = None
+        if max_message_timeout_s > 0:
+            extension = ext.ProcessingResponse()
+            extension.override_message_timeout.FromNanoseconds(int(max_message_timeout_s * 1e9))
+            self._extend = extension
 
     async def Process(
         self,
@@ -157,7 +167,10 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
                 else:
                     yield _CONTINUE_HEADERS
             elif phase == "request_body":
-                yield await self._on_body(headers, message.request_body.body, route_policy)
+                body = message.request_body.body
+                if self._extend is not None and len(body) >= BIG_BODY_BYTES:
+                    yield self._extend
+                yield await self._on_body(headers, body, route_policy)
             else:
                 yield _passthrough(phase or "")
 

@@ -17,7 +17,11 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from inference_router.v1 import router_pb2_grpc
-from sidecar.config.envoy import load_catalogue
+from sidecar.config.envoy import (
+    catalogue_from_envoy_config,
+    ext_proc_max_message_timeout_s,
+    load_envoy_yaml,
+)
 from sidecar.config.settings import Settings
 from sidecar.core.decision import ProviderSnapshot
 from sidecar.errors import ConfigError
@@ -73,7 +77,8 @@ async def start_sidecar(
     settings: Settings, semantic_factory: SemanticFactory = build_semantic
 ) -> RunningSidecar:
     """Load everything, open the ports and report SERVING."""
-    catalogue = load_catalogue(settings.envoy_config)
+    envoy_config = load_envoy_yaml(settings.envoy_config)
+    catalogue = catalogue_from_envoy_config(envoy_config, str(settings.envoy_config))
     semantic = await semantic_factory(settings)
     metrics = RouterMetrics()
     if semantic is not None:
@@ -96,7 +101,10 @@ async def start_sidecar(
             ("grpc.so_reuseport", 0),
         ]
     )
-    ext_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(service, metrics), server)
+    processor = ExternalProcessor(
+        service, metrics, max_message_timeout_s=ext_proc_max_message_timeout_s(envoy_config)
+    )
+    ext_grpc.add_ExternalProcessorServicer_to_server(processor, server)
     router_pb2_grpc.add_RouterServicer_to_server(  # type: ignore[no-untyped-call]
         RouterApi(service, metrics, semantic.reload_index if semantic else None), server
     )

@@ -9,6 +9,7 @@ per-request state.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -19,15 +20,10 @@ from typing import Protocol
 from sidecar.core.catalogue import Catalogue
 from sidecar.core.decision import Decision, ProviderSnapshot, RoutingTable, decide
 from sidecar.core.policy import ALIAS_PREFIX, AUTO_MODEL, Intent, Policy, PolicyAsk, resolve_intent
-from sidecar.core.request import (
-    Endpoint,
-    RequestFacts,
-    endpoint_for_path,
-    parse_body,
-    parse_request,
-)
+from sidecar.core.request import Endpoint, RequestFacts, endpoint_for_path, parse_request
 from sidecar.core.vote import FAILED, RouteVerdict, abstention
 from sidecar.errors import NotFoundError, RouterError
+from sidecar.serving.body import BIG_BODY_BYTES, BodyBudget, decode_body, encode_body
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +65,12 @@ class RoutingService:
         classifier: Classifier | None = None,
         log_prompts: bool = False,
         on_error: Callable[[str], None] = lambda kind: None,
+        body_budget_bytes: int = 16 << 20,
     ) -> None:
         table.validate(catalogue)
         self._log_prompts = log_prompts
         self._on_error = on_error
+        self._budget = BodyBudget(body_budget_bytes)
         self._table = table
         self._catalogue = catalogue
         self._snapshot = snapshot
@@ -116,7 +114,22 @@ class RoutingService:
             raise NotFoundError(
                 f"the router does not route {path.split('?', 1)[0]!r}", code="unknown_url"
             )
-        payload = parse_body(body)
+        if len(body) < BIG_BODY_BYTES:
+            return await self._route(endpoint, headers, body, route_policy, decision_id)
+        # Big: decoded and re-encoded off the loop, a bounded number of bytes at a time.
+        async with self._budget.hold(len(body)):
+            return await self._route(endpoint, headers, body, route_policy, decision_id)
+
+    async def _route(
+        self,
+        endpoint: Endpoint,
+        headers: Mapping[str, str],
+        body: bytes,
+        route_policy: str | None,
+        decision_id: str,
+    ) -> Routed:
+        offload = len(body) >= BIG_BODY_BYTES
+        payload = await asyncio.to_thread(decode_body, body) if offload else decode_body(body)
         facts = parse_request(endpoint, payload)
         asks = [
             PolicyAsk(name, source)
@@ -139,7 +152,13 @@ class RoutingService:
             snapshot=self._snapshot(),
             verdict=verdict,
         )
-        new_body = _rewrite_model(payload, decision.model) if decision.model_rewritten else None
+        new_body = None
+        if decision.model_rewritten:
+            new_body = (
+                await asyncio.to_thread(_rewrite_model, payload, decision.model)
+                if offload
+                else _rewrite_model(payload, decision.model)
+            )
         if self._log_prompts:
             # Opt-in only (settings.log_prompts): prompts can hold personal data.
             log.info(
@@ -174,7 +193,7 @@ class RoutingService:
         )
         new_body = None
         try:
-            payload = parse_body(body)
+            payload = decode_body(body)
         except RouterError:
             payload = None
         model = payload.get("model", AUTO_MODEL) if payload is not None else None
@@ -213,4 +232,4 @@ def _needs_semantics(facts: RequestFacts, intent: Intent) -> bool:
 def _rewrite_model(payload: dict[str, object], model: str) -> bytes:
     rewritten = dict(payload)
     rewritten["model"] = model
-    return json.dumps(rewritten, ensure_ascii=False, separators=(",", ":")).encode()
+    return encode_body(rewritten)

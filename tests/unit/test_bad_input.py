@@ -18,10 +18,11 @@ from hypothesis import strategies as st
 from inference_router.v1 import router_pb2
 from sidecar.core.catalogue import Catalogue, Price, Provider
 from sidecar.core.decision import ProviderSnapshot, RoutingTable
-from sidecar.core.request import Endpoint, RequestFacts, parse_body, parse_request
+from sidecar.core.request import Endpoint, RequestFacts, parse_request
 from sidecar.core.vote import RouteVerdict, abstention
 from sidecar.errors import RequestError
 from sidecar.serving.api import RouterApi
+from sidecar.serving.body import decode_body
 from sidecar.serving.metrics import RouterMetrics
 from sidecar.serving.service import RoutingService
 from sidecar.serving.statuses import http_status, openai_error_body
@@ -78,7 +79,7 @@ raw_bodies = st.one_of(
 
 
 def _parse(body: bytes) -> RequestFacts:
-    return parse_request(Endpoint.CHAT, parse_body(body))
+    return parse_request(Endpoint.CHAT, decode_body(body))
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -178,3 +178,36 @@ async def test_the_router_answers_the_model_list(stub: ext_grpc.ExternalProcesso
     assert set(ids[5:]) == {"tiny-1b", "big-1t"}
     owners = {m["id"]: m["owned_by"] for m in listed["data"]}
     assert owners["big-1t"] == "big"
+
+
+async def test_a_big_body_asks_envoy_for_more_time_then_is_decided() -> None:
+    service = RoutingService(
+        table=RoutingTable(tiers=("small", "frontier"), default_route="small"),
+        catalogue=CATALOGUE,
+        snapshot=ProviderSnapshot,
+    )
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 << 20)])
+    processor = ExternalProcessor(service, RouterMetrics(), max_message_timeout_s=2.5)
+    ext_grpc.add_ExternalProcessorServicer_to_server(processor, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    big = {"model": "auto", "messages": [{"role": "user", "content": "word " * 600_000}]}
+    small = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+    options = [
+        ("grpc.max_send_message_length", 16 << 20),
+        ("grpc.max_receive_message_length", 16 << 20),
+    ]
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+            stub = ext_grpc.ExternalProcessorStub(channel)
+            big_replies = await exchange(stub, [headers_message(CHAT_PATH), body_message(big)])
+            small_replies = await exchange(stub, [headers_message(CHAT_PATH), body_message(small)])
+    finally:
+        await server.stop(0)
+    extension, decision = big_replies[1], big_replies[2]
+    assert extension.override_message_timeout.ToMilliseconds() == 2500
+    assert extension.WhichOneof("response") is None  # only the timer, nothing else
+    rewritten = json.loads(decision.request_body.response.body_mutation.body)
+    assert rewritten["model"] == "tiny-1b"
+    assert rewritten["messages"] == big["messages"]
+    assert len(small_replies) == 2  # a small body needs no extension

@@ -10,10 +10,10 @@ from sidecar.core.request import (
     Endpoint,
     bound_routing_text,
     endpoint_for_path,
-    parse_body,
     parse_request,
 )
 from sidecar.errors import NotFoundError, RequestError
+from sidecar.serving.body import decode_body
 from sidecar.serving.statuses import http_status, openai_error_body
 
 
@@ -82,12 +82,16 @@ def test_invalid_chat_bodies_name_the_parameter(body: dict[str, object], param: 
         (b"{not json", "not valid JSON"),
         (b"[1,2]", "an array"),
         (b"\xff", "UTF-8"),
+        (b'{"a": "\\ud800"}', "surrogate"),
+        (b'{"a": NaN}', "not valid JSON"),
+        (b'{"a":' + b"[" * 65 + b"]" * 65 + b"}", "deeper than 64"),
+        (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
         (b"3", "a number"),
     ],
 )
-def test_parse_body_errors(raw: bytes, fragment: str) -> None:
+def test_decode_body_errors(raw: bytes, fragment: str) -> None:
     with pytest.raises(RequestError, match=fragment):
-        parse_body(raw)
+        decode_body(raw)
 
 
 def test_routing_text_is_bounded() -> None:
