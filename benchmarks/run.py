@@ -23,7 +23,7 @@ from pathlib import Path
 
 from benchmarks import envoy_e2e, quality
 from benchmarks.extproc_load import LoadResult, drive
-from sidecar.devstack.stack import free_ports, wait_grpc_serving
+from sidecar.devstack.processes import free_ports, wait_grpc_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBJECTS = [

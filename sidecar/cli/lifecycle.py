@@ -2,6 +2,8 @@
 
 One loop for `serve`, `simulate` and `stack`, so every process the project starts stops
 the same way: the signal ends the wait, and the caller's `finally` drains and cleans up.
+`watch` runs every WATCH_INTERVAL_S on this thread; `stack` supervises its children there
+(it must stay short: a signal is handled only between two calls).
 """
 
 from __future__ import annotations

