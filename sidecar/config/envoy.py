@@ -88,6 +88,30 @@ def catalogue_from_envoy_config(config: Mapping[str, object], source: str) -> Ca
     return Catalogue(providers=tuple(providers), clusters=frozenset(names), source=source)
 
 
+# Envoy binds its admin here when told "every address"; the sidecar reads it on loopback.
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def admin_address(config: Mapping[str, object], source: str) -> tuple[str, int] | None:
+    """Where Envoy's admin listens (host, port), from `admin.address.socket_address`.
+
+    None when the config has no admin TCP address (no admin, or a pipe). A wildcard bind
+    address is read on loopback.
+    """
+    admin = config.get("admin")
+    address = admin.get("address") if isinstance(admin, Mapping) else None
+    socket = address.get("socket_address") if isinstance(address, Mapping) else None
+    if not isinstance(socket, Mapping):
+        return None
+    host, port = socket.get("address"), socket.get("port_value")
+    key = "admin.address.socket_address"
+    if not isinstance(host, str) or not host:
+        raise ConfigError(f"{source}: {key}.address: missing or not a string")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ConfigError(f"{source}: {key}.port_value: want a TCP port, got {port!r}")
+    return _WILDCARDS.get(host, host), port
+
+
 def load_envoy_yaml(path: Path) -> dict[str, object]:
     """Read an Envoy YAML file as a mapping, naming the file in any error."""
     return read_yaml_mapping(path, "the Envoy config")

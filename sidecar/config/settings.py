@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sidecar.config.files import read_yaml_mapping
 from sidecar.config.validation import validate
@@ -70,6 +70,39 @@ class SemanticSettings(_Strict):
         return self
 
 
+class EnvoyHealthSettings(_Strict):
+    """The live health feed: which providers Envoy itself sees as down (admin /clusters)."""
+
+    enabled: bool = True
+    # host:port of Envoy's admin; null: the Envoy YAML's admin.address.socket_address.
+    admin: str | None = None
+    # Polling a loopback admin twice a second costs nothing measurable; with the local
+    # health checks (1 s) a dead provider leaves the decisions within about 2.5 s.
+    interval_s: float = Field(default=0.5, gt=0, le=60)
+    timeout_s: float = Field(default=1.0, gt=0, le=60)
+    # A reading older than this is not trusted: every provider counts as healthy again.
+    max_age_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("admin")
+    @classmethod
+    def _host_and_port(cls, admin: str | None) -> str | None:
+        if admin is None:
+            return None
+        host, colon, port = admin.rpartition(":")
+        if not colon or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"want host:port (e.g. 127.0.0.1:9901), got {admin!r}")
+        return admin
+
+    @model_validator(mode="after")
+    def _age_outlives_interval(self) -> EnvoyHealthSettings:
+        if self.max_age_s <= self.interval_s:
+            raise ValueError(
+                f"max_age_s: must be longer than interval_s ({self.interval_s}), "
+                f"or every reading is stale before the next; got {self.max_age_s}"
+            )
+        return self
+
+
 class Settings(_Strict):
     """Everything the sidecar reads at start."""
 
@@ -87,6 +120,7 @@ class Settings(_Strict):
     log_prompts: bool = False
     semantic: SemanticSettings = Field(default_factory=SemanticSettings)
     classifier: VoteConfig = Field(default_factory=VoteConfig)
+    envoy_health: EnvoyHealthSettings = Field(default_factory=EnvoyHealthSettings)
 
     def routing_table(self) -> RoutingTable:
         """The part of the settings the decision core routes by."""

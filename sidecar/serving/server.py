@@ -25,6 +25,7 @@ from sidecar.config.envoy import (
 from sidecar.config.settings import Settings
 from sidecar.core.decision import ProviderSnapshot
 from sidecar.errors import ConfigError
+from sidecar.feeds.envoy_health import EnvoyHealthFeed, health_feed
 from sidecar.serving.api import RouterApi
 from sidecar.serving.composition import SemanticFactory, SemanticParts, build_semantic
 from sidecar.serving.extproc import ExternalProcessor
@@ -55,6 +56,7 @@ class RunningSidecar:
     port: int
     admin_port: int
     semantic: SemanticParts | None
+    feed: EnvoyHealthFeed | None = None
 
     async def stop(self, grace_s: float) -> None:
         """Drain: report NOT_SERVING, let in-flight streams finish, then stop."""
@@ -63,6 +65,8 @@ class RunningSidecar:
         try:
             await self.server.stop(grace_s)
         finally:
+            if self.feed is not None:
+                await self.feed.stop()
             await self.admin.cleanup()
             if self.semantic is not None:
                 await self.semantic.close()
@@ -79,6 +83,7 @@ async def start_sidecar(
     """Load everything, open the ports and report SERVING."""
     envoy_config = load_envoy_yaml(settings.envoy_config)
     catalogue = catalogue_from_envoy_config(envoy_config, str(settings.envoy_config))
+    feed = health_feed(settings.envoy_health, envoy_config, str(settings.envoy_config), catalogue)
     semantic = await semantic_factory(settings)
     metrics = RouterMetrics()
     if semantic is not None:
@@ -86,7 +91,7 @@ async def start_sidecar(
     service = RoutingService(
         table=settings.routing_table(),
         catalogue=catalogue,
-        snapshot=ProviderSnapshot,
+        snapshot=feed.snapshot if feed is not None else ProviderSnapshot,
         classifier=semantic.classifier if semantic else None,
         log_prompts=settings.log_prompts,
         on_error=metrics.error,
@@ -118,12 +123,16 @@ async def start_sidecar(
     readiness = Readiness()
     admin = await _start_admin(metrics, readiness, admin_host, admin_port)
     await server.start()
+    if feed is not None:
+        await feed.start()
     for name in ("", "envoy.service.ext_proc.v3.ExternalProcessor", "inference_router.v1.Router"):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     readiness.serving = True
     bound_admin = _bound_port(admin)
     log.info("sidecar serving on port %d, admin on port %d", port, bound_admin)
-    return RunningSidecar(server, health_servicer, readiness, admin, port, bound_admin, semantic)
+    return RunningSidecar(
+        server, health_servicer, readiness, admin, port, bound_admin, semantic, feed
+    )
 
 
 async def _start_admin(

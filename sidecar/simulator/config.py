@@ -28,6 +28,10 @@ class SimulatorConfig:
     weak_patterns: tuple[str, ...] = ()  # case-insensitive regexes the model answers badly
     default_max_tokens: int = 4096
     seed: int = 0
+    # Refuse a `model` other than `model` and `accept_models` with 404 model_not_found, as
+    # a real provider does (so a wrong rewrite is caught). Off: answer any model asked for.
+    check_model: bool = False
+    accept_models: tuple[str, ...] = ()  # e.g. ("auto",) for a fail-open default provider
 
     def __post_init__(self) -> None:
         where = f"simulator {self.name!r}"
@@ -52,6 +56,8 @@ class SimulatorConfig:
         if self.style not in STYLES:
             raise SimulatorConfigError(f"{where}: 'style' must be one of {', '.join(STYLES)}")
         compile_weak_patterns(self.weak_patterns)
+        if not all(isinstance(name, str) and name for name in self.accept_models):
+            raise SimulatorConfigError(f"{where}: 'accept_models' must be non-empty strings")
 
 
 def compile_weak_patterns(patterns: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:

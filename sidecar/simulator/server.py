@@ -6,8 +6,9 @@ modules beside this one (`protocol`, `answer`); this module only
 admits it through the `AdmissionGate` (bounded concurrency, FIFO queue, 429 when full),
 spends simulated time on it through a `Pacer` (time to first token, then tokens per
 second, streamed in chunks as they are "generated"), and keeps the state `/metrics` and
-`/sim/requests` report. All state belongs to one `web.Application`; there is none at
-module level.
+`/sim/requests` report. `PUT /sim/control` changes its behaviour while it runs (stall on
+demand, refuse models it does not serve; see `control`). All state belongs to one
+`web.Application`; there is none at module level.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from aiohttp.typedefs import Handler
 
 from sidecar.simulator.answer import Answer, compose_answer, count_tokens, is_weak
 from sidecar.simulator.config import SimulatorConfig, compile_weak_patterns
+from sidecar.simulator.control import Behaviour, check_model, updated
 from sidecar.simulator.errors import ApiError, SimulatorConfigError
 from sidecar.simulator.load import AdmissionGate, QueueFullError, TrafficCounters, render_metrics
 from sidecar.simulator.protocol import (
@@ -122,6 +124,48 @@ class SimulatorState:
         )
         self.created = int(time.time())
         self._seq = 0
+        self.behaviour = Behaviour(
+            check_model=config.check_model, accept_models=config.accept_models
+        )
+        # Set while answering; cleared while stalled, so waiters hang until released.
+        self._completions_flow = asyncio.Event()
+        self._completions_flow.set()
+        self._health_flow = asyncio.Event()
+        self._health_flow.set()
+        self.held = 0  # requests a stall is holding right now (GET /sim/control says)
+
+    def change(self, behaviour: Behaviour) -> None:
+        """Adopt a new behaviour; releasing a stall lets every held request go on."""
+        self.behaviour = behaviour
+        for flow, stalled in (
+            (self._completions_flow, behaviour.stall),
+            (self._health_flow, behaviour.stall_health),
+        ):
+            if stalled:
+                flow.clear()
+            else:
+                flow.set()
+
+    async def completions_flowing(self) -> None:
+        """Return at once, or, while completions are stalled, when the stall is released."""
+        await self._hold(self._completions_flow)
+
+    async def health_flowing(self) -> None:
+        """Return at once, or, while /health is stalled, when the stall is released."""
+        await self._hold(self._health_flow)
+
+    async def _hold(self, flow: asyncio.Event) -> None:
+        if flow.is_set():
+            return
+        self.held += 1
+        try:
+            await flow.wait()
+        finally:
+            self.held -= 1
+
+    def control_json(self) -> dict[str, object]:
+        """What `/sim/control` reports: the behaviour and how many requests it holds."""
+        return {**self.behaviour.as_json(), "held": self.held}
 
     def record(self, request: web.Request, body: bytes, payload: object) -> None:
         """Remember a completion request for `/sim/requests`."""
@@ -162,6 +206,8 @@ def build_app(config: SimulatorConfig, *, pacer: Pacer | None = None) -> web.App
     app.router.add_get("/health", _health)
     app.router.add_get("/sim/requests", _recent_requests)
     app.router.add_delete("/sim/requests", _forget_requests)
+    app.router.add_get("/sim/control", _control)
+    app.router.add_put("/sim/control", _change_control)
     app.on_response_prepare.append(_stamp_headers)
     return app
 
@@ -229,6 +275,8 @@ async def _complete(request: web.Request, endpoint: Endpoint) -> web.StreamRespo
         raise
     state.record(request, body, payload)
     sim_request = parse_chat_request(payload) if endpoint == "chat" else parse_text_request(payload)
+    check_model(state.behaviour, state.config.model, sim_request.model)
+    await state.completions_flowing()  # a stalled provider holds the request unanswered
     answer, usage = answer_request(state, sim_request)
     prefix = "chatcmpl" if endpoint == "chat" else "cmpl"
     meta = ResponseMeta(f"{prefix}-{uuid.uuid4().hex[:24]}", int(time.time()), sim_request.model)
@@ -242,6 +290,7 @@ async def _complete(request: web.Request, endpoint: Endpoint) -> web.StreamRespo
                 started + state.config.ttft_s + usage.completion_tokens / state.config.tokens_per_s
             )
             await state.pacer.sleep_until(done)
+            await state.completions_flowing()
             state.counters.generation_tokens += usage.completion_tokens
             state.counters.successes[answer.finish_reason] += 1
             return web.Response(
@@ -279,10 +328,12 @@ async def _stream(
             sent = due
             if sent >= total:
                 break
+            await state.completions_flowing()  # a stall stops a stream mid-way
             await response.write(pending)
             pending = b""
             next_due = first_token_at + sent / config.tokens_per_s
             await pacer.sleep_until(max(next_due, pacer.now() + _MIN_CHUNK_INTERVAL_S))
+        await state.completions_flowing()
         await response.write(pending + renderer.end(answer.finish_reason, usage))
         await response.write_eof()
     except ConnectionResetError:
@@ -310,7 +361,19 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 async def _health(request: web.Request) -> web.Response:
+    await request.app[_STATE].health_flowing()
     return web.Response(status=200)
+
+
+async def _control(request: web.Request) -> web.Response:
+    return web.json_response(request.app[_STATE].control_json())
+
+
+async def _change_control(request: web.Request) -> web.Response:
+    state = request.app[_STATE]
+    state.change(updated(state.behaviour, parse_json_object(await request.read())))
+    log.info("simulator %s: behaviour now %s", state.config.name, state.behaviour)
+    return web.json_response(state.control_json())
 
 
 async def _recent_requests(request: web.Request) -> web.Response:

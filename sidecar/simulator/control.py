@@ -1,0 +1,83 @@
+"""What a running simulator has been told to do beyond its config: stall, and check models.
+
+Theory: resilience is tested by making a provider misbehave on demand, the ways real ones
+do. A *stall* is a model server that hangs: it keeps its connections open and answers
+nothing (a new request gets no response headers, a stream in flight stops mid-way), and,
+when the whole process is wedged, its `/health` hangs too. A *model check* is what a real
+provider does with a name it does not serve: `404 model_not_found`. The simulator starts
+from its `SimulatorConfig` (`check_model`, `accept_models`); `PUT /sim/control` with a
+JSON object changes only the fields it names. Pure: the server keeps one `Behaviour` and
+replaces it whole on each change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+from sidecar.simulator.errors import ApiError
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """The simulator's current, changeable behaviour."""
+
+    stall: bool = False  # completions hang: no response, streams stop sending
+    stall_health: bool = False  # GET /health hangs too (a wedged process)
+    check_model: bool = False  # refuse a model it does not serve (404 model_not_found)
+    accept_models: tuple[str, ...] = ()  # other names accepted when checking, e.g. "auto"
+
+    def as_json(self) -> dict[str, object]:
+        """The behaviour as `GET /sim/control` reports it."""
+        data = asdict(self)
+        data["accept_models"] = list(self.accept_models)
+        return data
+
+
+_FIELDS = ("stall", "stall_health", "check_model", "accept_models")
+
+
+def updated(current: Behaviour, payload: Mapping[str, object]) -> Behaviour:
+    """`current` with the fields `payload` names changed; a bad field is a 400 naming it."""
+    for key in payload:
+        if key not in _FIELDS:
+            raise ApiError(f"unknown field '{key}' (known: {', '.join(_FIELDS)})", param=key)
+    accept = payload.get("accept_models")
+    return Behaviour(
+        stall=_flag(payload, "stall", current.stall),
+        stall_health=_flag(payload, "stall_health", current.stall_health),
+        check_model=_flag(payload, "check_model", current.check_model),
+        accept_models=current.accept_models if accept is None else accepted_names(accept),
+    )
+
+
+def _flag(payload: Mapping[str, object], key: str, current: bool) -> bool:
+    value = payload.get(key, current)
+    if not isinstance(value, bool):
+        raise ApiError(f"'{key}' must be a boolean", code="invalid_type", param=key)
+    return value
+
+
+def accepted_names(value: object) -> tuple[str, ...]:
+    """A list of model names as a tuple; a 400 naming `accept_models` otherwise."""
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(name, str) and name for name in value
+    ):
+        raise ApiError(
+            "'accept_models' must be a list of non-empty strings",
+            code="invalid_type",
+            param="accept_models",
+        )
+    return tuple(value)
+
+
+def check_model(behaviour: Behaviour, served: str, asked: str) -> None:
+    """Refuse `asked` as a provider would when it is not the model served here."""
+    if not behaviour.check_model or asked == served or asked in behaviour.accept_models:
+        return
+    raise ApiError(
+        f"The model `{asked}` does not exist or you do not have access to it.",
+        status=404,
+        code="model_not_found",
+        param="model",
+    )
