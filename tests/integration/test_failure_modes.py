@@ -27,6 +27,9 @@ def test_fail_open_serves_from_default_cluster(tmp_path: Path) -> None:
             assert reply.status_code == 200, reply.text
             assert reply.headers["x-sim-name"] == "sim-mid-a"
             assert reply.headers["x-router-route"] == "fallback"
+        # The model list, too, falls back: the default provider's own.
+        models = httpx.get(stack.base_url + "/v1/models", timeout=30)
+        assert models.status_code == 200 and models.headers["x-sim-name"] == "sim-mid-a"
     finally:
         stack.stop()
 

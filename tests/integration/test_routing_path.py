@@ -118,9 +118,17 @@ def test_client_cannot_choose_the_upstream(stack: LocalStack) -> None:
     assert reply.headers["x-router-upstream"] != "sim-frontier"
     assert reply.headers["x-sim-name"] == reply.headers["x-router-upstream"]
     # A path the sidecar never sees (ext_proc disabled) must not honour it either.
-    models = httpx.get(stack.base_url + "/v1/models", headers=spoofed)
-    assert models.status_code == 200
-    assert models.headers["x-sim-name"] == "sim-mid-a"
+    other = httpx.get(stack.base_url + "/v1/embeddings", headers=spoofed)
+    assert other.status_code == 404 and "x-sim-name" not in other.headers
+
+
+def test_the_model_list_is_the_routers(stack: LocalStack) -> None:
+    reply = httpx.get(stack.base_url + "/v1/models", timeout=10)
+    assert reply.status_code == 200
+    assert "x-sim-name" not in reply.headers  # answered by the sidecar, not a provider
+    ids = [model["id"] for model in reply.json()["data"]]
+    assert ids[:2] == ["auto", "router:balanced"]
+    assert {p.model for p in stack.catalogue.providers} <= set(ids)
 
 
 @pytest.mark.parametrize(
