@@ -36,6 +36,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--default-max-tokens", type=int, default=4096, help="output cap without max_tokens"
     )
     parser.add_argument("--seed", type=int, default=0, help="varies answers between providers")
+    parser.add_argument(
+        "--check-model",
+        action="store_true",
+        help="refuse any model but --model with 404 model_not_found, as a real provider does",
+    )
+    parser.add_argument(
+        "--accept-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --check-model: another name to accept, e.g. auto (repeatable)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
@@ -51,6 +63,8 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         weak_patterns=tuple(args.weak_pattern),
         default_max_tokens=args.default_max_tokens,
         seed=args.seed,
+        check_model=args.check_model,
+        accept_models=tuple(args.accept_model),
     )
 
 

@@ -237,6 +237,8 @@ class LocalStack:
             "--ttft-ms", str(round(provider.ttft_s * 1000)),
             "--tokens-per-s", str(provider.tokens_per_s),
             "--concurrency", str(provider.max_concurrency),
+            # Like a real provider: a wrong `model` (a missed rewrite) is a 404, not served.
+            "--check-model",
         )  # fmt: skip
         return Child(provider.cluster, argv, url, partial(http_ok, url), deadline_s=30)
 

@@ -26,6 +26,8 @@ class Behaviour:
     stall_health: bool = False  # GET /health hangs too (a wedged process)
     check_model: bool = False  # refuse a model it does not serve (404 model_not_found)
     accept_models: tuple[str, ...] = ()  # other names accepted when checking, e.g. "auto"
+    fail_status: int | None = None  # answer every completion with this error (429, 5xx)
+    retry_after_s: int | None = None  # with fail_status: the Retry-After header it sends
 
     def as_json(self) -> dict[str, object]:
         """The behaviour as `GET /sim/control` reports it."""
@@ -34,7 +36,11 @@ class Behaviour:
         return data
 
 
-_FIELDS = ("stall", "stall_health", "check_model", "accept_models")
+_FIELDS = (
+    "stall", "stall_health", "check_model", "accept_models", "fail_status", "retry_after_s",
+)  # fmt: skip
+# The failures real providers answer with: rate limited, broken, overloaded, timed out.
+FAIL_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 def updated(current: Behaviour, payload: Mapping[str, object]) -> Behaviour:
@@ -48,7 +54,24 @@ def updated(current: Behaviour, payload: Mapping[str, object]) -> Behaviour:
         stall_health=_flag(payload, "stall_health", current.stall_health),
         check_model=_flag(payload, "check_model", current.check_model),
         accept_models=current.accept_models if accept is None else accepted_names(accept),
+        fail_status=_optional_int(payload, "fail_status", current.fail_status, FAIL_STATUSES),
+        retry_after_s=_optional_int(payload, "retry_after_s", current.retry_after_s, None),
     )
+
+
+def _optional_int(
+    payload: Mapping[str, object], key: str, current: int | None, allowed: frozenset[int] | None
+) -> int | None:
+    if key not in payload:
+        return current
+    value = payload[key]
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ApiError(f"'{key}' must be a non-negative integer or null", param=key)
+    if allowed is not None and value not in allowed:
+        raise ApiError(f"'{key}' must be one of {sorted(allowed)} or null", param=key)
+    return value
 
 
 def _flag(payload: Mapping[str, object], key: str, current: bool) -> bool:
@@ -69,6 +92,28 @@ def accepted_names(value: object) -> tuple[str, ...]:
             param="accept_models",
         )
     return tuple(value)
+
+
+def check_failure(behaviour: Behaviour) -> None:
+    """Answer with the configured failure, as a broken or rate-limited provider would."""
+    status = behaviour.fail_status
+    if status is None:
+        return
+    if status == 429:
+        raise ApiError(
+            "Rate limit reached for requests (simulated). Please try again later.",
+            status=429,
+            code="rate_limit_exceeded",
+            error_type="requests",
+            retry_after_s=behaviour.retry_after_s,
+        )
+    raise ApiError(
+        f"The server had an error while processing your request (simulated {status}).",
+        status=status,
+        code="server_error",
+        error_type="server_error",
+        retry_after_s=behaviour.retry_after_s,
+    )
 
 
 def check_model(behaviour: Behaviour, served: str, asked: str) -> None:

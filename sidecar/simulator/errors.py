@@ -24,6 +24,7 @@ class ApiError(SimulatorError):
         code: str = "invalid_request",
         param: str | None = None,
         error_type: str = "invalid_request_error",
+        retry_after_s: int | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -31,6 +32,7 @@ class ApiError(SimulatorError):
         self.code = code
         self.param = param
         self.error_type = error_type
+        self.retry_after_s = retry_after_s
 
     def openai_body(self) -> bytes:
         """The JSON body OpenAI itself would send for this error."""

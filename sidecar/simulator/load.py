@@ -32,8 +32,8 @@ class QueueFullError(ApiError):
             status=429,
             code="rate_limit_exceeded",
             error_type="requests",
+            retry_after_s=retry_after_s,
         )
-        self.retry_after_s = retry_after_s
 
 
 class AdmissionGate:

@@ -28,7 +28,7 @@ from aiohttp.typedefs import Handler
 
 from sidecar.simulator.answer import Answer, compose_answer, count_tokens, is_weak
 from sidecar.simulator.config import SimulatorConfig, compile_weak_patterns
-from sidecar.simulator.control import Behaviour, check_model, updated
+from sidecar.simulator.control import Behaviour, check_failure, check_model, updated
 from sidecar.simulator.errors import ApiError, SimulatorConfigError
 from sidecar.simulator.load import AdmissionGate, QueueFullError, TrafficCounters, render_metrics
 from sidecar.simulator.protocol import (
@@ -276,6 +276,7 @@ async def _complete(request: web.Request, endpoint: Endpoint) -> web.StreamRespo
     state.record(request, body, payload)
     sim_request = parse_chat_request(payload) if endpoint == "chat" else parse_text_request(payload)
     check_model(state.behaviour, state.config.model, sim_request.model)
+    check_failure(state.behaviour)  # told to fail: a 429 or a 5xx, at once
     await state.completions_flowing()  # a stalled provider holds the request unanswered
     answer, usage = answer_request(state, sim_request)
     prefix = "chatcmpl" if endpoint == "chat" else "cmpl"
@@ -397,10 +398,9 @@ async def _openai_errors(request: web.Request, handler: Handler) -> web.StreamRe
     """Every error leaves as the JSON body OpenAI would send, with its status."""
     try:
         return await handler(request)
-    except QueueFullError as exc:
-        return _error_response(exc, {"Retry-After": str(exc.retry_after_s)})
     except ApiError as exc:
-        return _error_response(exc, {})
+        retry_after = {} if exc.retry_after_s is None else {"Retry-After": str(exc.retry_after_s)}
+        return _error_response(exc, retry_after)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -205,3 +205,27 @@ async def test_health_can_hang_too(sim: Sim) -> None:
         reply = await probe
     assert reply.status == 200
     reply.release()
+
+
+async def test_told_to_fail_it_answers_429_with_retry_after_then_500_then_recovers(
+    sim: Sim,
+) -> None:
+    assert (await sim.control({"fail_status": 429, "retry_after_s": 7}))[0] == 200
+    body = {"model": SERVED, "messages": [{"role": "user", "content": "hi"}]}
+    async with sim.session.post(sim.base + "/v1/chat/completions", json=body) as reply:
+        assert reply.status == 429 and reply.headers["Retry-After"] == "7"
+        assert (await reply.json())["error"]["code"] == "rate_limit_exceeded"
+    await sim.control({"fail_status": 500, "retry_after_s": None})
+    async with sim.session.post(sim.base + "/v1/chat/completions", json=body) as reply:
+        assert reply.status == 500 and "Retry-After" not in reply.headers
+        assert (await reply.json())["error"]["type"] == "server_error"
+    await sim.control({"fail_status": None})
+    sim.pacer.gate.set()
+    assert (await sim.chat(SERVED))[0] == 200
+
+
+@pytest.mark.parametrize("payload", [{"fail_status": 200}, {"fail_status": "500"}])
+def test_only_real_failures_can_be_asked_for(payload: dict[str, object]) -> None:
+    with pytest.raises(ApiError) as caught:
+        updated(Behaviour(), payload)
+    assert caught.value.param == "fail_status"
