@@ -70,6 +70,16 @@ class SemanticSettings(_Strict):
         return self
 
 
+class LoadFeedSettings(_Strict):
+    """Live queue depth scraped from each provider's `metrics_url` (Envoy metadata)."""
+
+    enabled: bool = True
+    interval_s: float = Field(default=0.5, gt=0, le=60)
+    timeout_s: float = Field(default=1.0, gt=0, le=60)
+    # Older facts are not trusted: a stale queue counts as one full batch waiting.
+    max_age_s: float = Field(default=5.0, gt=0)
+
+
 class EnvoyHealthSettings(_Strict):
     """The live health feed: which providers Envoy itself sees as down (admin /clusters)."""
 
@@ -121,6 +131,7 @@ class Settings(_Strict):
     semantic: SemanticSettings = Field(default_factory=SemanticSettings)
     classifier: VoteConfig = Field(default_factory=VoteConfig)
     envoy_health: EnvoyHealthSettings = Field(default_factory=EnvoyHealthSettings)
+    load_feed: LoadFeedSettings = Field(default_factory=LoadFeedSettings)
 
     def routing_table(self) -> RoutingTable:
         """The part of the settings the decision core routes by."""

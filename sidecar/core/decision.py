@@ -20,6 +20,11 @@ from sidecar.errors import ConfigError, NotFoundError
 
 # Output length assumed when nothing better is known (no neighbours, no max_tokens).
 DEFAULT_OUTPUT_TOKENS = 256.0
+# `balanced` ranks candidates by expected cost x (1 + expected latency / this): a provider
+# whose answer would take 10 s longer counts as twice as expensive. With the shipped
+# catalogue this keeps an idle cheapest provider first and moves traffic off it once its
+# queue is a few requests deep (the other mid provider is 1.1-1.5x its price).
+BALANCED_LATENCY_SCALE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,8 @@ class ProviderState:
     ttft_s: float | None = None
     tokens_per_s: float | None = None
     price: Price | None = None
+    # Where the facts came from and how old they were, for the explanation.
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,8 @@ class CandidateCost:
     expected_cost_usd: float
     expected_latency_s: float
     healthy: bool
+    queue_waiting: float | None = None
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -244,8 +253,10 @@ def _cost(
     ttft = state.ttft_s if state.ttft_s is not None else provider.ttft_s
     rate = state.tokens_per_s if state.tokens_per_s is not None else provider.tokens_per_s
     service_s = ttft + output_tokens / rate
-    # Each waiting request ahead of us holds a slot for about one service time.
-    queue_s = (state.queue_waiting or 0.0) * service_s / provider.max_concurrency
+    # The requests ahead are typical requests, not this one: each holds one of the
+    # provider's `max_concurrency` slots for about a typical service time.
+    typical_s = ttft + DEFAULT_OUTPUT_TOKENS / rate
+    queue_s = (state.queue_waiting or 0.0) * typical_s / provider.max_concurrency
     return CandidateCost(
         cluster=provider.cluster,
         model=provider.model,
@@ -253,6 +264,8 @@ def _cost(
         expected_cost_usd=price.cost_usd(facts.prompt_tokens, output_tokens),
         expected_latency_s=queue_s + service_s,
         healthy=state.healthy,
+        queue_waiting=state.queue_waiting,
+        notes=state.notes,
     )
 
 
@@ -260,11 +273,25 @@ def _choose(candidates: tuple[CandidateCost, ...], policy: Policy) -> CandidateC
     pool = [c for c in candidates if c.healthy] or list(candidates)
     if policy is Policy.SPEED:
         return min(pool, key=lambda c: (c.expected_latency_s, c.expected_cost_usd))
+    if policy is Policy.BALANCED:
+        return min(pool, key=lambda c: (balanced_score(c), c.expected_latency_s))
     return min(pool, key=lambda c: (c.expected_cost_usd, c.expected_latency_s))
 
 
+def balanced_score(candidate: CandidateCost) -> float:
+    """Expected cost, made dearer by expected latency (see BALANCED_LATENCY_SCALE_S)."""
+    return candidate.expected_cost_usd * (
+        1.0 + candidate.expected_latency_s / BALANCED_LATENCY_SCALE_S
+    )
+
+
 def _why(chosen: CandidateCost, candidates: tuple[CandidateCost, ...], policy: Policy) -> str:
+    facts = "; ".join(f"{c.cluster}: {', '.join(c.notes)}" for c in candidates if c.notes)
+    facts = f" [{facts}]" if facts else ""
     if len(candidates) == 1:
-        return f"{chosen.cluster} is the only candidate"
-    measure = "fastest" if policy is Policy.SPEED else "cheapest"
-    return f"{chosen.cluster} is the {measure} of {len(candidates)} candidates"
+        return f"{chosen.cluster} is the only candidate{facts}"
+    measure = {
+        Policy.SPEED: "fastest",
+        Policy.BALANCED: "best for cost and expected latency together",
+    }.get(policy, "cheapest")
+    return f"{chosen.cluster} is the {measure} of {len(candidates)} candidates{facts}"

@@ -26,6 +26,8 @@ from sidecar.config.settings import Settings
 from sidecar.core.decision import ProviderSnapshot
 from sidecar.errors import ConfigError
 from sidecar.feeds.envoy_health import EnvoyHealthFeed, health_feed
+from sidecar.feeds.live import LiveBoard
+from sidecar.feeds.scrape import LoadScraper, scrape_targets
 from sidecar.serving.api import RouterApi
 from sidecar.serving.composition import SemanticFactory, SemanticParts, build_semantic
 from sidecar.serving.extproc import ExternalProcessor
@@ -57,6 +59,7 @@ class RunningSidecar:
     admin_port: int
     semantic: SemanticParts | None
     feed: EnvoyHealthFeed | None = None
+    scraper: LoadScraper | None = None
 
     async def stop(self, grace_s: float) -> None:
         """Drain: report NOT_SERVING, let in-flight streams finish, then stop."""
@@ -67,6 +70,8 @@ class RunningSidecar:
         finally:
             if self.feed is not None:
                 await self.feed.stop()
+            if self.scraper is not None:
+                await self.scraper.stop()
             await self.admin.cleanup()
             if self.semantic is not None:
                 await self.semantic.close()
@@ -84,6 +89,22 @@ async def start_sidecar(
     envoy_config = load_envoy_yaml(settings.envoy_config)
     catalogue = catalogue_from_envoy_config(envoy_config, str(settings.envoy_config))
     feed = health_feed(settings.envoy_health, envoy_config, str(settings.envoy_config), catalogue)
+    board = LiveBoard(
+        catalogue,
+        max_age_s=settings.load_feed.max_age_s,
+        health=feed.snapshot if feed is not None else ProviderSnapshot,
+    )
+    targets = scrape_targets(catalogue) if settings.load_feed.enabled else ()
+    scraper = (
+        LoadScraper(
+            board,
+            targets,
+            interval_s=settings.load_feed.interval_s,
+            timeout_s=settings.load_feed.timeout_s,
+        )
+        if targets
+        else None
+    )
     semantic = await semantic_factory(settings)
     metrics = RouterMetrics()
     if semantic is not None:
@@ -91,7 +112,7 @@ async def start_sidecar(
     service = RoutingService(
         table=settings.routing_table(),
         catalogue=catalogue,
-        snapshot=feed.snapshot if feed is not None else ProviderSnapshot,
+        snapshot=board.snapshot,
         classifier=semantic.classifier if semantic else None,
         log_prompts=settings.log_prompts,
         on_error=metrics.error,
@@ -125,13 +146,15 @@ async def start_sidecar(
     await server.start()
     if feed is not None:
         await feed.start()
+    if scraper is not None:
+        await scraper.start()
     for name in ("", "envoy.service.ext_proc.v3.ExternalProcessor", "inference_router.v1.Router"):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     readiness.serving = True
     bound_admin = _bound_port(admin)
     log.info("sidecar serving on port %d, admin on port %d", port, bound_admin)
     return RunningSidecar(
-        server, health_servicer, readiness, admin, port, bound_admin, semantic, feed
+        server, health_servicer, readiness, admin, port, bound_admin, semantic, feed, scraper
     )
 
 

@@ -236,7 +236,9 @@ def test_envoy_and_a_simulator_are_restarted_and_the_workdir_goes() -> None:
         for pid in old.values():
             os.kill(pid, signal.SIGKILL)
         wait_for(lambda: _restarted(stack, supervisor, old), "Envoy and sim-mid-a back")
-        assert route_of(stack.base_url) != "fallback"
+        # A new Envoy opens a new ext_proc connection; on a busy machine its first
+        # request may miss the 200 ms message timeout and fall back. Decisions resume.
+        wait_for(lambda: route_of(stack.base_url) != "fallback", "decisions through new Envoy")
         # The restarted simulator appended to its predecessor's log.
         log = (workdir / "sim-mid-a.log").read_text()
         assert log.count("simulator sim-mid-a serving") == 2

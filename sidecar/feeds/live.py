@@ -1,0 +1,127 @@
+"""The live board: each feed's latest facts about each provider, merged for the decision core.
+
+Theory. A fact about a provider (its queue, its price, whether Envoy sees it healthy) is
+true of one moment, so the board keeps every fact with the monotonic time it was read
+and decides at each request what is still worth trusting: a fact older than `max_age_s`
+is dropped. Dropping is not the same for every fact. A stale *price* falls back to the
+static price in the Envoy YAML (it changes rarely, and the YAML is a sane default). A
+stale *queue* of a provider that has a metrics endpoint is treated conservatively, as
+one full batch waiting (`max_concurrency`): a server whose metrics went silent is more
+likely overloaded or broken than idle, and the router should not pile onto it. A
+provider without a metrics endpoint has no queue fact at all and is neutral. Every
+choice is written into the state's `notes`, which the decision's reason shows.
+
+`merge` is pure (time is an argument); `LiveBoard` only stores the latest readings the
+feeds hand it and calls `merge` with the clock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from sidecar.core.catalogue import Catalogue, Price
+from sidecar.core.decision import ProviderSnapshot, ProviderState
+from sidecar.feeds.engines import LoadSample
+
+
+@dataclass(frozen=True)
+class LoadReading:
+    """A server's load, when it was read."""
+
+    sample: LoadSample
+    taken_at: float
+
+
+@dataclass(frozen=True)
+class PriceReading:
+    """A price list for some providers, where it came from, and when it was read."""
+
+    prices: Mapping[str, Price]
+    source: str
+    taken_at: float
+
+
+def merge(
+    now: float,
+    catalogue: Catalogue,
+    health: ProviderSnapshot,
+    loads: Mapping[str, LoadReading],
+    prices: PriceReading | None,
+    max_age_s: float,
+) -> ProviderSnapshot:
+    """Every provider's state at `now`, from the facts still fresh enough to trust."""
+    states: dict[str, ProviderState] = {}
+    price_age = None if prices is None else now - prices.taken_at
+    for provider in catalogue.providers:
+        cluster = provider.cluster
+        notes: list[str] = []
+        waiting: float | None = None
+        load = loads.get(cluster)
+        if load is not None and now - load.taken_at <= max_age_s:
+            waiting = load.sample.waiting
+            if waiting is not None:
+                notes.append(f"{waiting:g} waiting ({now - load.taken_at:.1f} s old)")
+        elif provider.metrics_url is not None:
+            waiting = float(provider.max_concurrency)
+            age = "never read" if load is None else f"{now - load.taken_at:.0f} s old"
+            notes.append(f"queue unknown ({age}): assumed {waiting:g} waiting")
+        price = None
+        if prices is not None and price_age is not None and cluster in prices.prices:
+            if price_age <= max_age_s:
+                price = prices.prices[cluster]
+                notes.append(f"price from {prices.source} ({price_age:.0f} s old)")
+            else:
+                notes.append(f"{prices.source} stale ({price_age:.0f} s): static price")
+        healthy = health.state(cluster).healthy
+        if not healthy:
+            notes.append("unhealthy in Envoy")
+        if notes or waiting is not None or price is not None or not healthy:
+            states[cluster] = ProviderState(
+                healthy=healthy, queue_waiting=waiting, price=price, notes=tuple(notes)
+            )
+    return ProviderSnapshot(states=states)
+
+
+class LiveBoard:
+    """The latest reading of each feed, merged into a `ProviderSnapshot` on demand."""
+
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        *,
+        max_age_s: float,
+        health: Callable[[], ProviderSnapshot] = ProviderSnapshot,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._catalogue = catalogue
+        self._max_age_s = max_age_s
+        self._health = health
+        self._clock = clock
+        self._loads: dict[str, LoadReading] = {}
+        self._prices: PriceReading | None = None
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The board's clock; feeds stamp their readings with it."""
+        return self._clock
+
+    def record_load(self, cluster: str, sample: LoadSample) -> None:
+        """A fresh load reading of one provider."""
+        self._loads[cluster] = LoadReading(sample, self._clock())
+
+    def record_prices(self, prices: Mapping[str, Price], source: str) -> None:
+        """A fresh price list (cluster -> price) from `source`."""
+        self._prices = PriceReading(dict(prices), source, self._clock())
+
+    def snapshot(self) -> ProviderSnapshot:
+        """What the decision core routes by, now."""
+        return merge(
+            self._clock(),
+            self._catalogue,
+            self._health(),
+            self._loads,
+            self._prices,
+            self._max_age_s,
+        )

@@ -1,0 +1,110 @@
+"""Direct scrape: each model server's Prometheus endpoint, read on a short interval.
+
+One aiohttp session for every target, a timeout on every request, all targets read
+concurrently each interval; a target that fails is skipped (its last reading ages out
+on the board, see `sidecar.feeds.live`) and logged once when it starts and stops
+failing. At fleet scale (one sidecar per application pod) a Prometheus server that
+already scrapes the model servers is the better source: N sidecars would otherwise
+scrape M servers N x M times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiohttp
+
+from sidecar.core.catalogue import Catalogue
+from sidecar.feeds.engines import LOAD_METRICS, LoadMetrics, parse_load
+from sidecar.feeds.live import LiveBoard
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScrapeTarget:
+    """One provider's metrics endpoint and the names its engine uses."""
+
+    cluster: str
+    url: str
+    metrics: LoadMetrics
+
+
+def scrape_targets(catalogue: Catalogue) -> tuple[ScrapeTarget, ...]:
+    """Every provider with a metrics URL whose engine exports load metrics."""
+    return tuple(
+        ScrapeTarget(p.cluster, p.metrics_url, LOAD_METRICS[p.engine])
+        for p in catalogue.providers
+        if p.metrics_url is not None and LOAD_METRICS[p.engine].names()
+    )
+
+
+class LoadScraper:
+    """Reads each target's load every `interval_s` and records it on the board."""
+
+    def __init__(
+        self,
+        board: LiveBoard,
+        targets: Sequence[ScrapeTarget],
+        *,
+        interval_s: float,
+        timeout_s: float,
+    ) -> None:
+        self._board = board
+        self._targets = tuple(targets)
+        self._interval_s = interval_s
+        self._timeout_s = timeout_s
+        self._failing: set[str] = set()
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        """Begin scraping in the background."""
+        timeout = aiohttp.ClientTimeout(total=self._timeout_s)
+        self._session = aiohttp.ClientSession(timeout=timeout)
+        self._task = asyncio.create_task(self._run(), name="load-scraper")
+        log.info("scraping load of %d providers every %.1fs", len(self._targets), self._interval_s)
+
+    async def stop(self) -> None:
+        """Stop scraping and close the session."""
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._session is not None:
+            await self._session.close()
+
+    async def scrape_once(self) -> None:
+        """Read every target once, concurrently."""
+        await asyncio.gather(*(self._scrape(target) for target in self._targets))
+
+    async def _scrape(self, target: ScrapeTarget) -> None:
+        if self._session is None:
+            raise RuntimeError("LoadScraper.scrape_once before start")
+        try:
+            async with self._session.get(target.url) as response:
+                response.raise_for_status()
+                text = await response.text()
+            sample = parse_load(text, target.metrics)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+            if target.cluster not in self._failing:
+                self._failing.add(target.cluster)
+                log.warning("cannot read the load of %s at %s: %s", target.cluster, target.url,
+                            str(error) or type(error).__name__)  # fmt: skip
+            return
+        if target.cluster in self._failing:
+            self._failing.discard(target.cluster)
+            log.info("reading the load of %s again", target.cluster)
+        self._board.record_load(target.cluster, sample)
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            await self.scrape_once()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._interval_s)
