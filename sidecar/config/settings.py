@@ -80,6 +80,17 @@ class LoadFeedSettings(_Strict):
     max_age_s: float = Field(default=5.0, gt=0)
 
 
+class PriceFeedSettings(_Strict):
+    """Live prices: an OpenRouter-style models JSON or a {name: {input, output}} table."""
+
+    # http(s) URL or file path; null: the static prices of the Envoy YAML only.
+    source: str | None = None
+    interval_s: float = Field(default=60.0, gt=0)
+    timeout_s: float = Field(default=5.0, gt=0, le=60)
+    # Older prices are not trusted: the static price applies and the reason says so.
+    max_age_s: float = Field(default=600.0, gt=0)
+
+
 class EnvoyHealthSettings(_Strict):
     """The live health feed: which providers Envoy itself sees as down (admin /clusters)."""
 
@@ -132,6 +143,7 @@ class Settings(_Strict):
     classifier: VoteConfig = Field(default_factory=VoteConfig)
     envoy_health: EnvoyHealthSettings = Field(default_factory=EnvoyHealthSettings)
     load_feed: LoadFeedSettings = Field(default_factory=LoadFeedSettings)
+    price_feed: PriceFeedSettings = Field(default_factory=PriceFeedSettings)
 
     def routing_table(self) -> RoutingTable:
         """The part of the settings the decision core routes by."""

@@ -50,10 +50,12 @@ def merge(
     loads: Mapping[str, LoadReading],
     prices: PriceReading | None,
     max_age_s: float,
+    price_max_age_s: float | None = None,
 ) -> ProviderSnapshot:
     """Every provider's state at `now`, from the facts still fresh enough to trust."""
     states: dict[str, ProviderState] = {}
     price_age = None if prices is None else now - prices.taken_at
+    price_limit = max_age_s if price_max_age_s is None else price_max_age_s
     for provider in catalogue.providers:
         cluster = provider.cluster
         notes: list[str] = []
@@ -69,7 +71,7 @@ def merge(
             notes.append(f"queue unknown ({age}): assumed {waiting:g} waiting")
         price = None
         if prices is not None and price_age is not None and cluster in prices.prices:
-            if price_age <= max_age_s:
+            if price_age <= price_limit:
                 price = prices.prices[cluster]
                 notes.append(f"price from {prices.source} ({price_age:.0f} s old)")
             else:
@@ -92,11 +94,13 @@ class LiveBoard:
         catalogue: Catalogue,
         *,
         max_age_s: float,
+        price_max_age_s: float | None = None,
         health: Callable[[], ProviderSnapshot] = ProviderSnapshot,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._catalogue = catalogue
         self._max_age_s = max_age_s
+        self._price_max_age_s = price_max_age_s
         self._health = health
         self._clock = clock
         self._loads: dict[str, LoadReading] = {}
@@ -124,4 +128,5 @@ class LiveBoard:
             self._loads,
             self._prices,
             self._max_age_s,
+            self._price_max_age_s,
         )

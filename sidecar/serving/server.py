@@ -27,6 +27,7 @@ from sidecar.core.decision import ProviderSnapshot
 from sidecar.errors import ConfigError
 from sidecar.feeds.envoy_health import EnvoyHealthFeed, health_feed
 from sidecar.feeds.live import LiveBoard
+from sidecar.feeds.price_feed import PriceFeed
 from sidecar.feeds.scrape import LoadScraper, scrape_targets
 from sidecar.serving.api import RouterApi
 from sidecar.serving.composition import SemanticFactory, SemanticParts, build_semantic
@@ -60,6 +61,7 @@ class RunningSidecar:
     semantic: SemanticParts | None
     feed: EnvoyHealthFeed | None = None
     scraper: LoadScraper | None = None
+    prices: PriceFeed | None = None
 
     async def stop(self, grace_s: float) -> None:
         """Drain: report NOT_SERVING, let in-flight streams finish, then stop."""
@@ -72,6 +74,8 @@ class RunningSidecar:
                 await self.feed.stop()
             if self.scraper is not None:
                 await self.scraper.stop()
+            if self.prices is not None:
+                await self.prices.stop()
             await self.admin.cleanup()
             if self.semantic is not None:
                 await self.semantic.close()
@@ -92,6 +96,7 @@ async def start_sidecar(
     board = LiveBoard(
         catalogue,
         max_age_s=settings.load_feed.max_age_s,
+        price_max_age_s=settings.price_feed.max_age_s,
         health=feed.snapshot if feed is not None else ProviderSnapshot,
     )
     targets = scrape_targets(catalogue) if settings.load_feed.enabled else ()
@@ -103,6 +108,18 @@ async def start_sidecar(
             timeout_s=settings.load_feed.timeout_s,
         )
         if targets
+        else None
+    )
+    price_source = settings.price_feed.source
+    prices = (
+        PriceFeed(
+            board,
+            catalogue,
+            price_source,
+            interval_s=settings.price_feed.interval_s,
+            timeout_s=settings.price_feed.timeout_s,
+        )
+        if price_source
         else None
     )
     semantic = await semantic_factory(settings)
@@ -148,13 +165,24 @@ async def start_sidecar(
         await feed.start()
     if scraper is not None:
         await scraper.start()
+    if prices is not None:
+        await prices.start()
     for name in ("", "envoy.service.ext_proc.v3.ExternalProcessor", "inference_router.v1.Router"):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     readiness.serving = True
     bound_admin = _bound_port(admin)
     log.info("sidecar serving on port %d, admin on port %d", port, bound_admin)
     return RunningSidecar(
-        server, health_servicer, readiness, admin, port, bound_admin, semantic, feed, scraper
+        server,
+        health_servicer,
+        readiness,
+        admin,
+        port,
+        bound_admin,
+        semantic,
+        feed,
+        scraper,
+        prices,
     )
 
 
