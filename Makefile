@@ -27,6 +27,7 @@ bench: install
 	@command -v hey >/dev/null || apt-get install -y -q hey >/dev/null 2>&1 || \
 		echo "hey is not installed: the end-to-end benchmark will be skipped"
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.soak
 
 # A minute of mixed load through the real Envoy while faults are injected (README:
 # "Reliability"); writes bench-results/soak.json. About 2 minutes in all.
