@@ -56,7 +56,8 @@ $(PROTO_OUT): $(PROTO_SRC) | $(PY)
 	touch inference_router/__init__.py inference_router/v1/__init__.py inference_router/py.typed
 	touch $@
 
-# Build the ONNX embedding model from the packaged weights, once, into the data dir.
+# Build the ONNX embedding model from the packaged weights and distil its stage-1 static
+# table, once each, into the data dir (a no-op taking under a second when both exist).
 model: $(STAMP)
 	$(BIN)/inference-router --log-level WARNING model build
 

@@ -111,10 +111,17 @@ def _phase(
     after = classifier_counts(admin)
     summary = result.summary()
     done = sum(after.values()) - sum(before.values())
-    summary["classified_share"] = (
-        after["routed"] + after["abstained"] - before["routed"] - before["abstained"]
-    ) / max(done, 1)
-    summary["shed_share"] = (after["shed"] - before["shed"]) / max(done, 1)
+
+    def share(*labels: str) -> float:
+        return sum(after[label] - before[label] for label in labels) / max(done, 1)
+
+    # Classified: by the encoder (stage 2) or by stage 1, confident or under overload.
+    summary["stage2_share"] = share("routed", "abstained")
+    summary["stage1_share"] = share(
+        "stage1_routed", "stage1_abstained", "shed_stage1_routed", "shed_stage1_abstained"
+    )
+    summary["classified_share"] = summary["stage1_share"] + summary["stage2_share"]
+    summary["shed_share"] = share("shed")  # to the default route: nothing classified it
     return summary
 
 

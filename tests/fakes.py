@@ -115,3 +115,132 @@ def run_command_with_fake_embedder(
     parser = argparse.ArgumentParser()
     configure(parser)
     return run(parser.parse_args(argv))
+
+
+def run_command_with_fake_teacher(
+    configure: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int],
+    argv: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tokenizer_path: Path,
+) -> int:
+    """Run a CLI subcommand with `TokenHashEmbedder` as the default embedder.
+
+    It can teach a static table, so stage 1 runs for real (distilled into the command's
+    --data-dir, which the caller should point at a temporary directory).
+    """
+    monkeypatch.setattr(
+        model_store, "load_default_embedder", lambda *a, **k: TokenHashEmbedder(tokenizer_path)
+    )
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    return run(parser.parse_args(argv))
+
+
+FAKE_WORDS = (
+    "hello",
+    "hi",
+    "hey",
+    "there",
+    "thanks",
+    "a",
+    "lot",
+    "good",
+    "morning",
+    "friend",
+    "prove",
+    "the",
+    "theorem",
+    "lemma",
+    "formal",
+    "proof",
+    "of",
+    "bound",
+    "rigorously",
+    "what",
+    "is",
+    "weather",
+    "on",
+    "mars",
+    "moon",
+    "today",
+    "write",
+    "code",
+    "in",
+    "rust",
+    "python",
+    "bug",
+    "fix",
+    "balance",
+    "my",
+    "bank",
+    "account",
+    "transfer",
+    "money",
+)
+
+
+def write_word_tokenizer(path: Path, words: Sequence[str] = FAKE_WORDS) -> Path:
+    """A tiny BERT-shaped tokenizer.json: lower-case words, [CLS] text [SEP], [UNK] otherwise."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    vocab = {token: i for i, token in enumerate([*specials, *dict.fromkeys(words)])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tokenizer.save(str(path))
+    return path
+
+
+class TokenHashEmbedder:
+    """An `Embedder` and static-table teacher over a word tokenizer: a bag of token vectors.
+
+    Each token id has a fixed pseudo-random vector; a sentence is the normalised sum of
+    its tokens' vectors, special tokens included, so a table distilled from it recovers
+    the token vectors and stage 1 sees nearly what stage 2 sees.
+    """
+
+    def __init__(self, tokenizer_path: Path, dim: int = 24) -> None:
+        from tokenizers import Tokenizer
+
+        self._tokenizer_path = tokenizer_path
+        self._tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self._dim = dim
+        rng = np.random.default_rng(7)
+        self._vectors = rng.normal(size=(self._tokenizer.get_vocab_size(), dim))
+        self.calls = 0
+
+    @property
+    def dim(self) -> int:
+        """Width of one embedding."""
+        return self._dim
+
+    @property
+    def fingerprint(self) -> str:
+        """Depends on the width and the vocabulary size."""
+        return f"token-hash-{self._dim}-{self._tokenizer.get_vocab_size()}"
+
+    @property
+    def tokenizer_path(self) -> Path:
+        """The word tokenizer."""
+        return self._tokenizer_path
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Normalised sums of token vectors."""
+        self.calls += 1
+        ids = [np.asarray(e.ids) for e in self._tokenizer.encode_batch(list(texts))]
+        if not ids:
+            return np.zeros((0, self._dim), dtype=np.float32)
+        return np.stack([self._pool(row) for row in ids])
+
+    def embed_ids(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        """Rows of token ids to normalised sums of their vectors."""
+        return np.stack([self._pool(row) for row in ids])
+
+    def _pool(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        summed = self._vectors[ids].sum(axis=0)
+        return np.asarray(summed / np.linalg.norm(summed), dtype=np.float32)

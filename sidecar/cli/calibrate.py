@@ -1,8 +1,9 @@
-"""`inference-router calibrate`: choose classifier thresholds to hit a target.
+"""`inference-router calibrate`: choose classifier thresholds (and stages) to hit a target.
 
-The calibration set is leave-one-out over the index's own exemplars unless
-`--calibration FILE` gives explicit rows; the thresholds are written into the
-`classifier:` section of the settings file (see `sidecar.evaluation.calibration`).
+The calibration set is leave-one-out over the index's own exemplars (with the heads'
+out-of-fold probabilities) unless `--calibration FILE` gives explicit rows; the choices
+are written into the `classifier:` section of the settings file (see
+`sidecar.evaluation.calibration`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import dataclasses
 from pathlib import Path
 
 from sidecar.cli.data_options import add_data_arguments
-from sidecar.core.vote import OUT_OF_SCOPE
 from sidecar.errors import ConfigError
 from sidecar.evaluation.datasets import load_rows
 
@@ -38,33 +38,65 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=0.05,
         help="how far a route's threshold may move from the global one (0: global only)",
     )
+    stages = parser.add_argument_group("stages (indexes with linear heads)")
+    stages.add_argument(
+        "--decider",
+        dest="choose_decider",
+        choices=("auto", "knn", "head"),
+        default="auto",
+        help="stage 2 decides by the kNN vote or the head; auto: the more accurate",
+    )
+    stages.add_argument(
+        "--stage1-gate",
+        dest="choose_gate",
+        metavar="auto|off|P",
+        default="auto",
+        help="auto: the lowest gate within --max-stage1-loss; off; or a probability",
+    )
+    stages.add_argument(
+        "--max-stage1-loss",
+        type=float,
+        default=0.0,
+        help="in-scope accuracy stage 1 may cost against stage 2 alone (default 0)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Choose thresholds on the calibration set and write them under `classifier:`."""
     from sidecar.evaluation.calibration import (
-        calibration_point,
         choose_need_threshold,
-        choose_thresholds,
-        leave_one_out,
-        thresholds_off,
+        choose_stages,
+        staged_leave_one_out,
         write_classifier_settings,
     )
-    from sidecar.evaluation.pipeline import classify, gather_data, load_vote_config, obtain_index
-    from sidecar.semantic.model_store import load_default_embedder
+    from sidecar.evaluation.pipeline import (
+        gather_data,
+        load_static,
+        load_vote_config,
+        obtain_index,
+        staged_points,
+    )
+    from sidecar.semantic import model_store
 
     data = gather_data(args, need_test=False)
     config = load_vote_config(args, args.settings, must_exist=False)
-    embedder = load_default_embedder(args.data_dir)
-    index = obtain_index(args, data.exemplars, embedder)
+    embedder = model_store.load_default_embedder(args.data_dir)
+    static = load_static(args, embedder)
+    index = obtain_index(args, data.exemplars, embedder, static, evidence=True)
     if args.calibration is not None:
         rows = load_rows(args.calibration)
-        loose = thresholds_off(config)
-        verdicts = classify([r.text for r in rows], embedder, index, loose, progress=not args.quiet)
-        golds = [r.route for r in rows]
+        points = staged_points(
+            [r.text for r in rows],
+            [r.route for r in rows],
+            embedder,
+            index,
+            config,
+            static=static,
+            progress=not args.quiet,
+        )
     else:
-        verdicts = leave_one_out(index, config)
-        golds = [None if r == OUT_OF_SCOPE else r for r in index.routes]
+        points = staged_leave_one_out(index, config)
+    verdicts = [p.knn for p in points]
     overrides = {
         key: getattr(args, key)
         for key in ("k", "temperature", "min_margin")
@@ -81,21 +113,26 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"need_threshold {threshold:.4f}: {share:.3f} strong on {len(needs)} prompts")
         return 0
-    points = [calibration_point(v, g) for v, g in zip(verdicts, golds, strict=True)]
-    choice = choose_thresholds(
+    gate: float | str | None = args.choose_gate
+    if gate not in ("auto", "off"):
+        try:
+            gate = float(str(gate))
+        except ValueError:
+            raise ConfigError(
+                f"--stage1-gate: expected auto, off or a number, got {gate!r}"
+            ) from None
+    stages = choose_stages(
         points,
+        config,
         target_recall=args.target_oos_recall,
         confidence=args.confidence,
         max_route_offset=args.max_route_offset,
+        decider=None if args.choose_decider == "auto" else args.choose_decider,
+        gate=None if gate == "off" else gate,
+        max_stage1_loss=args.max_stage1_loss,
     )
-    write_classifier_settings(
-        args.settings,
-        {
-            **overrides,
-            "threshold": choice.threshold,
-            "route_thresholds": dict(sorted(choice.route_thresholds.items())),
-        },
-    )
+    write_classifier_settings(args.settings, {**overrides, **stages.settings()})
+    choice = stages.thresholds
     print(
         f"threshold {choice.threshold:.4f} ({len(choice.route_thresholds)} routes adjusted) on "
         f"{choice.n_in_scope} in-scope / {choice.n_out_of_scope} out-of-scope prompts: "
@@ -103,4 +140,18 @@ def run(args: argparse.Namespace) -> int:
         f"(required {choice.required_recall:.4f} for {args.target_oos_recall} at "
         f"confidence {args.confidence})"
     )
+    head = "no head" if stages.head_accuracy is None else f"head {stages.head_accuracy:.4f}"
+    print(
+        f"decider {stages.decider} (kNN {stages.knn_accuracy:.4f}, {head}), "
+        f"head_threshold {stages.head_threshold:.2f}"
+    )
+    if stages.stage1_threshold is not None:
+        alone = stages.stage1_alone
+        print(
+            f"stage 1: threshold {stages.stage1_threshold:.4f}"
+            + ("" if alone is None else f" (alone: accuracy {alone[0]:.4f}, recall {alone[1]:.4f})")
+            + f", gate {stages.stage1_gate} deciding {stages.stage1_share:.3f} of prompts; "
+            f"both stages: accuracy {stages.accuracy:.4f}, out-of-scope recall "
+            f"{stages.oos_recall:.4f}"
+        )
     return 0

@@ -10,8 +10,9 @@ import argparse
 from pathlib import Path
 from typing import get_args
 
+from sidecar.core.vote import Decider
 from sidecar.evaluation.datasets import LabelRule
-from sidecar.semantic.options import IndexKind, Projection
+from sidecar.semantic.options import IndexKind, Projection, Stage1Mode
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, *, test: bool) -> None:
@@ -39,6 +40,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, test: bool) -> None:
     build = parser.add_argument_group("index built in memory from --exemplars/--split")
     build.add_argument("--projection", choices=get_args(Projection), default="none")
     build.add_argument("--kind", choices=get_args(IndexKind), default="auto")
+    build.add_argument(
+        "--no-heads", action="store_true", help="no linear heads (kNN only, no stage 1)"
+    )
     parser.add_argument("--data-dir", type=Path, default=None, help="embedding model cache")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     vote_args = parser.add_argument_group("classifier (override the settings file)")
@@ -50,3 +54,19 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, test: bool) -> None:
     vote_args.add_argument("--threshold", type=float)
     vote_args.add_argument("--temperature", type=float)
     vote_args.add_argument("--min-margin", type=float)
+    if test:  # calibrate chooses these itself (sidecar/cli/calibrate.py)
+        vote_args.add_argument(
+            "--decider", choices=get_args(Decider), help="stage 2 decides by kNN or the head"
+        )
+        vote_args.add_argument("--head-threshold", type=float)
+        vote_args.add_argument(
+            "--stage1-gate", metavar="P|off", help="stage 1 decides alone at this probability"
+        )
+        vote_args.add_argument("--stage1-threshold", type=float)
+        vote_args.add_argument(
+            "--stage1",
+            choices=get_args(Stage1Mode),
+            default="gate",
+            help="gate: as the sidecar decides (default); only: every prompt on stage 1, as "
+            "under overload; off: every prompt on the encoder",
+        )

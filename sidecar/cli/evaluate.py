@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING
 
 from sidecar.cli.data_options import add_data_arguments
 from sidecar.config.files import write_text_atomically
-from sidecar.core.vote import RouteVerdict, VoteConfig
+from sidecar.core.vote import STAGE_STATIC, RouteVerdict, VoteConfig
 from sidecar.errors import ConfigError
 from sidecar.evaluation.datasets import LabelledRow, quality
 
 if TYPE_CHECKING:
     from sidecar.evaluation.metrics import RoutingCurve
+    from sidecar.semantic.index import ExemplarIndex
+    from sidecar.semantic.static_embedder import StaticEmbedder
 
 HELP = "measure routing quality on labelled data"
 
@@ -40,21 +42,34 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Classify the test rows and print route metrics and/or two-model metrics."""
     from sidecar.evaluation.metrics import apgr, classification_metrics, plot_curve, write_curve_csv
-    from sidecar.evaluation.pipeline import classify, gather_data, load_vote_config, obtain_index
-    from sidecar.semantic.model_store import load_default_embedder
+    from sidecar.evaluation.pipeline import (
+        classify,
+        gather_data,
+        load_static,
+        load_vote_config,
+        obtain_index,
+    )
+    from sidecar.semantic import model_store
 
     data = gather_data(args, need_test=True)
     config = load_vote_config(args, args.config)
-    embedder = load_default_embedder(args.data_dir)
-    index = obtain_index(args, data.exemplars, embedder)
+    embedder = model_store.load_default_embedder(args.data_dir)
+    static = load_static(args, embedder)
+    index = obtain_index(args, data.exemplars, embedder, static)
+    texts = [row.text for row in data.test]
     verdicts = classify(
-        [row.text for row in data.test], embedder, index, config, progress=not args.quiet
+        texts, embedder, index, config, static=static, mode=args.stage1, progress=not args.quiet
     )
     report: dict[str, object] = {
         "rows": len(data.test),
         "exemplars": len(index),
-        "index": {"kind": index.kind, "projection": index.projection},
+        "index": {
+            "kind": index.kind,
+            "projection": index.projection,
+            "heads": None if index.heads is None else index.heads.meta()["fits"],
+        },
         "classifier": asdict(config),
+        "stages": _stages_report(args, data.test, verdicts, texts, static, index, config),
     }
     route_rows = [(row, v) for row, v in zip(data.test, verdicts, strict=True) if not row.outcomes]
     if route_rows:
@@ -77,6 +92,38 @@ def run(args: argparse.Namespace) -> int:
         plot_curve(curve, args.plot, title=title, weak=args.weak, strong=args.strong)
     print(json.dumps(report) if args.json else _human(report))
     return 0
+
+
+def _stages_report(
+    args: argparse.Namespace,
+    rows: Sequence[LabelledRow],
+    verdicts: Sequence[RouteVerdict],
+    texts: Sequence[str],
+    static: StaticEmbedder | None,
+    index: ExemplarIndex,
+    config: VoteConfig,
+) -> dict[str, object]:
+    """Which stage decided how many rows, how well, and what stage 1 costs per prompt."""
+    from sidecar.evaluation.pipeline import stage1_cost_us
+    from sidecar.semantic.stages import has_stage1, stage1_may_decide
+
+    first = [(row, v) for row, v in zip(rows, verdicts, strict=True) if v.stage == STAGE_STATIC]
+    route_rows = [(row, v) for row, v in first if not row.outcomes]
+    report: dict[str, object] = {
+        "mode": args.stage1,
+        "stage1_share": len(first) / len(rows) if rows else None,
+        # Route rows decided on stage 1: the right route, or an abstention on out-of-scope.
+        "stage1_accuracy": (
+            sum(row.route == v.route for row, v in route_rows) / len(route_rows)
+            if route_rows
+            else None
+        ),
+        "stage1_us_per_prompt": None,
+    }
+    runs = args.stage1 == "only" or (args.stage1 == "gate" and stage1_may_decide(config))
+    if static is not None and has_stage1(index) and runs:
+        report["stage1_us_per_prompt"] = stage1_cost_us(texts, static, index, config)
+    return report
 
 
 def _two_model_report(
@@ -111,7 +158,7 @@ def _write_scores(
 
 def _human(report: Mapping[str, object]) -> str:
     lines = [f"test rows: {report['rows']}   exemplars: {report['exemplars']}"]
-    for section in ("classification", "abstain_reasons", "two_model"):
+    for section in ("classification", "abstain_reasons", "stages", "two_model"):
         value = report.get(section)
         if isinstance(value, dict):
             lines.append(f"{section}:")

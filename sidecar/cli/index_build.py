@@ -1,4 +1,4 @@
-"""`inference-router index build`: exemplar files in, a saved FAISS index out."""
+"""`inference-router index build`: exemplar files in, a saved index (FAISS + heads) out."""
 
 from __future__ import annotations
 
@@ -30,6 +30,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep exemplar texts in meta.json (for explanations; off by default for privacy)",
     )
+    parser.add_argument(
+        "--no-heads",
+        action="store_true",
+        help="skip the linear heads: no stage 1, kNN only (heads take ~1 min per 15k exemplars)",
+    )
     parser.add_argument("--data-dir", type=Path, default=None, help="embedding model cache")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     outcomes = parser.add_argument_group("outcome rows {text, outcomes} as exemplars")
@@ -45,15 +50,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build an index from exemplar files with the default embedder and save it."""
+    from sidecar.semantic import model_store
     from sidecar.semantic.index import build_index
-    from sidecar.semantic.model_store import load_default_embedder
+    from sidecar.semantic.static_embedder import TokenTeacher
 
     if args.weak is not None or args.strong is not None:
         rows = [row for path in args.exemplars for row in load_rows(path)]
         exemplars = to_exemplars(rows, weak=args.weak, strong=args.strong, rule=args.label_rule)
     else:
         exemplars = [e for path in args.exemplars for e in load_exemplars(path)]
-    embedder = load_default_embedder(args.data_dir)
+    embedder = model_store.load_default_embedder(args.data_dir)
+    static = None
+    if not args.no_heads and isinstance(embedder, TokenTeacher):
+        static = model_store.load_static_embedder(embedder, args.data_dir)
     index = build_index(
         exemplars,
         embedder,
@@ -62,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         projection=args.projection,
         store_texts=args.store_texts,
+        heads=not args.no_heads,
+        static=static,
     )
     index.save(args.output)
     counts = index.route_counts()
@@ -69,4 +80,12 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {args.output}: {len(index)} exemplars, {len(counts)} routes, "
         f"{index.kind} index, embedder {index.fingerprint}"
     )
+    heads = index.heads
+    if heads is not None:
+        for stage, fit in (("stage 1", heads.stage1_fit), ("stage 2", heads.stage2_fit)):
+            if fit is not None:
+                print(
+                    f"{stage} head: l2 {fit.l2:g} by {fit.folds}-fold cross-validation "
+                    f"(out-of-fold log loss {fit.log_loss:.4f})"
+                )
     return 0

@@ -1,4 +1,4 @@
-"""`inference-router model build`: build (or find) the default ONNX embedding model."""
+"""`inference-router model build`: build (or find) the default ONNX model and its static table."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import get_args
 
 from sidecar.semantic.options import Quantize
 
-HELP = "build the ONNX embedding model"
+HELP = "build the ONNX embedding model and its stage-1 static table"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +26,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default="none",
         help="also write a dynamically int8-quantised copy and report that one",
     )
+    parser.add_argument(
+        "--no-static",
+        action="store_true",
+        help="skip the stage-1 static table (distilled from the fp32 model, ~20 s once)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
         DEFAULT_TOKENIZER_NAME,
         default_data_dir,
         default_model_path,
+        ensure_static_table,
         load_default_embedder,
+        static_table_path,
     )
 
     data_dir: Path = default_data_dir() if args.data_dir is None else args.data_dir
@@ -43,4 +50,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"tokenizer: {data_dir / DEFAULT_TOKENIZER_NAME}")
     print(f"dim: {embedder.dim}")
     print(f"fingerprint (max_tokens={embedder.max_tokens}): {embedder.fingerprint}")
+    if not args.no_static:
+        # The sidecar distils from the model it runs, so the table follows --quantize.
+        table = ensure_static_table(embedder, data_dir)
+        print(f"static table: {static_table_path(data_dir, embedder.fingerprint)}")
+        print(f"static dim: {table.dims} (vocabulary {table.vocab_size})")
+        print(f"static fingerprint: {table.fingerprint}")
     return 0

@@ -57,6 +57,10 @@ class SemanticSettings(_Strict):
     # under a flood (make bench).
     max_queue_ms: float = Field(default=50.0, gt=0)
     cache_size: int = Field(default=4096, ge=0)
+    # Stage 1: static token embeddings distilled from the encoder (built once into the
+    # data dir) and the index's stage-1 head. Confident prompts skip the encoder, and an
+    # overloaded encoder sheds to stage 1 instead of to the default route.
+    stage1: bool = True
     watch_index: bool = True
     # ReloadIndex may read only indexes under this directory (default: the directory
     # holding `index`); other paths are refused, so the API cannot open arbitrary files.

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from sidecar.core.catalogue import Catalogue, Price, Provider
 from sidecar.core.policy import Intent, Policy
 from sidecar.core.request import RequestFacts
-from sidecar.core.vote import FAILED, SHED, RouteVerdict
+from sidecar.core.vote import FAILED, SHED, STAGE_STATIC, RouteVerdict
 from sidecar.errors import ConfigError, NotFoundError
 
 # Output length assumed when nothing better is known (no neighbours, no max_tokens).
@@ -178,7 +178,11 @@ def _route_for(
     if verdict is None:
         return default, f"default route {default}"
     if verdict.route is not None:
-        return verdict.route, f"semantic route {verdict.route} (p={verdict.confidence:.2f})"
+        how = f"p={verdict.confidence:.2f}"
+        if verdict.stage == STAGE_STATIC:
+            how += ", stage 1: static embeddings"
+            how += ", encoder overloaded" if verdict.overloaded else ""
+        return verdict.route, f"semantic route {verdict.route} ({how})"
     if verdict.abstain_reason == SHED:
         return default, f"classifier shed load (model busy); default route {default}"
     if verdict.abstain_reason == FAILED:

@@ -14,16 +14,25 @@ For two-model routing (labels such as weak/strong, optionally a neutral third la
 prompts both models serve equally) the same votes give a `need_score`,
 `(1 + P(strong) - P(weak)) / 2`: 1 when every neighbour needed the strong model, 0 when
 every neighbour was served better by the weak one, 0.5 when the evidence is neutral. A
-`need_threshold` turns it into a choice. This module is pure: no I/O, no clocks, no
-randomness.
+`need_threshold` turns it into a choice.
+
+Linear heads. An index may also carry softmax heads trained on the exemplars: one over
+static token embeddings (stage 1, microseconds) and one over the encoder's embedding
+(stage 2). `head_vote` turns a head's probabilities into a verdict with the same checks:
+the out-of-scope class winning, the winner's probability under a minimum
+(`low_probability`), and, when neighbours are given, the winner's closest exemplar
+under its similarity threshold. Stage 1 decides alone when its top probability reaches
+`stage1_gate`, and decides everything while the encoder is overloaded (the verdict
+says so: `overloaded`). Every verdict names the stage that made it. This module is
+pure: no I/O, no clocks, no randomness.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass, field, replace
+from typing import ClassVar, Literal
 
 OUT_OF_SCOPE = "__out_of_scope__"
 """Route name of exemplars labelled `"route": null`: prompts the router must not claim."""
@@ -33,6 +42,17 @@ SHED = "shed"
 
 FAILED = "classifier_error"
 """Abstain reason when the classifier raised: the request is decided without it."""
+
+LOW_PROBABILITY = "low_probability"
+"""Abstain reason when a head's winning route is less probable than its minimum."""
+
+STAGE_STATIC = 1
+"""`RouteVerdict.stage` of a decision on static token embeddings (no model call)."""
+
+STAGE_MODEL = 2
+"""`RouteVerdict.stage` of a decision on the sentence encoder's embedding."""
+
+Decider = Literal["knn", "head"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +102,13 @@ class VoteConfig:
     min_margin: float = 0.0
     temperature: float = 0.1
     two_model: TwoModel | None = None
+    # Stage 2 decides by the kNN vote or by the index's linear head (kNN still supplies
+    # neighbours, output lengths and the similarity check); `calibrate` picks one.
+    decider: Decider = "knn"
+    head_threshold: float = 0.0  # stage-2 head: minimum probability of the winner
+    # Stage 1 decides alone at this top probability (None: only under overload).
+    stage1_gate: float | None = 0.8
+    stage1_threshold: float = 0.0  # stage 1: minimum probability of the winner
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= 1000:
@@ -95,6 +122,13 @@ class VoteConfig:
             raise ValueError(f"min_margin: {self.min_margin} is not in [0, 1]")
         if not self.temperature > 0.0:
             raise ValueError(f"temperature: {self.temperature} must be positive")
+        if self.decider not in ("knn", "head"):
+            raise ValueError(f"decider: {self.decider!r} is not 'knn' or 'head'")
+        for name in ("head_threshold", "stage1_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}: {getattr(self, name)} is not in [0, 1]")
+        if self.stage1_gate is not None and not 0.0 < self.stage1_gate <= 1.0:
+            raise ValueError(f"stage1_gate: {self.stage1_gate} is not in (0, 1] or null")
 
     def threshold_for(self, route: str) -> float:
         """The minimum best-neighbour similarity the route needs to be trusted."""
@@ -106,7 +140,9 @@ class RouteVerdict:
     """What the vote decided for one prompt, and the evidence for it."""
 
     route: str | None  # None = abstain
-    scores: Mapping[str, float]  # probability per route (OUT_OF_SCOPE included), sums to 1
+    # Probability per route (OUT_OF_SCOPE included), sums to 1; a head's verdict leaves
+    # out routes under 1e-4.
+    scores: Mapping[str, float]
     confidence: float  # probability of the winning route
     best_similarity: float  # closest neighbour of the winning route
     margin: float  # winner's probability minus the runner-up's
@@ -115,6 +151,8 @@ class RouteVerdict:
     neighbours: tuple[Neighbour, ...]
     predicted_output_tokens: float | None  # vote-weighted mean of neighbours' known lengths
     need_score: float | None = None  # two-model routing only: (1 + P(strong) - P(weak)) / 2
+    stage: int | None = None  # STAGE_STATIC or STAGE_MODEL; None: no classifier ran
+    overloaded: bool = False  # decided on stage 1 because the encoder was over its budget
 
 
 def abstention(reason: str, threshold: float = 0.0) -> RouteVerdict:
@@ -138,16 +176,28 @@ def _kernel_weights(neighbours: Sequence[Neighbour], temperature: float) -> list
     return [max(n.weight, 0.0) * math.exp((n.similarity - top) / temperature) for n in neighbours]
 
 
+def _weighted_tokens(neighbours: Sequence[Neighbour], weights: Sequence[float]) -> float | None:
+    """Vote-weighted mean of the neighbours' known output lengths (None if none is known)."""
+    known = [(n.output_tokens, w) for n, w in zip(neighbours, weights, strict=True)]
+    known = [(t, w) for t, w in known if t is not None]
+    known_weight = sum(w for _, w in known)
+    if known_weight <= 0.0:
+        return None
+    return sum(float(t) * w for t, w in known if t is not None) / known_weight
+
+
 def need_from_scores(scores: Mapping[str, float], two_model: TwoModel) -> float:
     """`(1 + P(strong) - P(weak)) / 2`: how much the prompt needs the strong model."""
     gain = scores.get(two_model.strong, 0.0) - scores.get(two_model.weak, 0.0)
     return min(1.0, max(0.0, 0.5 + 0.5 * gain))
 
 
-def vote(neighbours: Sequence[Neighbour], config: VoteConfig) -> RouteVerdict:
+def vote(
+    neighbours: Sequence[Neighbour], config: VoteConfig, *, stage: int = STAGE_MODEL
+) -> RouteVerdict:
     """Similarity-weighted vote over the neighbours, abstaining when the evidence is weak."""
     if not neighbours:
-        return abstention("no_neighbours", config.threshold)
+        return replace(abstention("no_neighbours", config.threshold), stage=stage)
     weights = _kernel_weights(neighbours, config.temperature)
     total = sum(weights)
     mass: dict[str, float] = {}
@@ -168,14 +218,7 @@ def vote(neighbours: Sequence[Neighbour], config: VoteConfig) -> RouteVerdict:
     margin = scores[winner] - runner_up
     threshold = config.threshold_for(winner)
 
-    known = [(n.output_tokens, w) for n, w in zip(neighbours, weights, strict=True)]
-    known = [(t, w) for t, w in known if t is not None]
-    known_weight = sum(w for _, w in known)
-    predicted_tokens = (
-        sum(float(t) * w for t, w in known if t is not None) / known_weight
-        if known_weight > 0.0
-        else None
-    )
+    predicted_tokens = _weighted_tokens(neighbours, weights)
 
     reason: str | None = None
     if winner == OUT_OF_SCOPE:
@@ -203,4 +246,67 @@ def vote(neighbours: Sequence[Neighbour], config: VoteConfig) -> RouteVerdict:
         neighbours=tuple(neighbours),
         predicted_output_tokens=predicted_tokens,
         need_score=need,
+        stage=stage,
+    )
+
+
+def head_vote(
+    probabilities: Mapping[str, float],
+    neighbours: Sequence[Neighbour],
+    config: VoteConfig,
+    *,
+    stage: int,
+    min_probability: float,
+    output_tokens: float | None = None,
+    overloaded: bool = False,
+) -> RouteVerdict:
+    """A linear head's probabilities as a verdict, with the vote's checks.
+
+    With neighbours (stage 2) the winner's closest exemplar among them must reach the
+    route's similarity threshold (-1 when none of them is the winner's) and the
+    neighbours predict the output length; without (stage 1) there is no similarity check
+    and `output_tokens` (the route's mean) is the prediction.
+    """
+    if not probabilities:
+        return replace(abstention("no_scores"), stage=stage, overloaded=overloaded)
+    ranked = sorted(probabilities, key=lambda r: (-probabilities[r], r))
+    winner = ranked[0]
+    confidence = probabilities[winner]
+    margin = confidence - (probabilities[ranked[1]] if len(ranked) > 1 else 0.0)
+    if neighbours:
+        closest = max((n.similarity for n in neighbours if n.route == winner), default=-1.0)
+        threshold = config.threshold_for(winner)
+        predicted = _weighted_tokens(neighbours, _kernel_weights(neighbours, config.temperature))
+    else:
+        closest, threshold, predicted = -1.0, -1.0, output_tokens
+
+    reason: str | None = None
+    if winner == OUT_OF_SCOPE:
+        reason = "out_of_scope"
+    elif confidence < min_probability:
+        reason = LOW_PROBABILITY
+    elif closest < threshold:
+        reason = "below_threshold"
+    elif margin < config.min_margin:
+        reason = "low_margin"
+    route: str | None = winner if reason is None else None
+    need = None
+    if config.two_model is not None:
+        tm = config.two_model
+        need = need_from_scores(probabilities, tm)
+        if route is not None:
+            route = tm.strong if need >= tm.need_threshold else tm.weak
+    return RouteVerdict(
+        route=route,
+        scores=probabilities,
+        confidence=confidence,
+        best_similarity=closest,
+        margin=margin,
+        threshold=threshold,
+        abstain_reason=reason,
+        neighbours=tuple(neighbours),
+        predicted_output_tokens=predicted,
+        need_score=need,
+        stage=stage,
+        overloaded=overloaded,
     )

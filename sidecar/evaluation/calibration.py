@@ -22,6 +22,19 @@ quantile that sends the requested share of calibration prompts to the strong mod
 The default calibration set is leave-one-out over the index's own exemplars (each
 exemplar classified by the others), so the whole exemplar set calibrates without being
 held out of the index; `--calibration FILE` uses explicit rows instead.
+
+*Stages.* When the index has linear heads, their cross-validated (out-of-fold)
+probabilities on the exemplars join the leave-one-out neighbours, and `choose_stages`
+also picks, for the same recall target:
+- the stage-2 decider: the kNN vote, or the head with a minimum probability
+  (`head_threshold`, swept on a grid) beside the similarity thresholds, whichever is
+  more accurate;
+- `stage1_threshold`, the minimum stage-1 probability that still routes when stage 1
+  decides alone (under overload): the lowest meeting the recall target on stage 1 alone;
+- `stage1_gate`, the lowest top probability at which stage 1 may decide without the
+  encoder such that the two stages together lose at most `max_stage1_loss` of in-scope
+  accuracy against stage 2 alone and still meet the recall target. A lower gate sends
+  more prompts to the cheap stage; the loss bound says how much accuracy that may cost.
 """
 
 from __future__ import annotations
@@ -38,11 +51,22 @@ import yaml
 
 from sidecar.config.files import read_yaml_mapping, write_text_atomically
 from sidecar.config.validation import validate
-from sidecar.core.vote import RouteVerdict, VoteConfig, vote
+from sidecar.core.vote import (
+    OUT_OF_SCOPE,
+    STAGE_MODEL,
+    Decider,
+    RouteVerdict,
+    VoteConfig,
+    head_vote,
+    vote,
+)
 from sidecar.errors import ConfigError
 from sidecar.semantic.index import ExemplarIndex
+from sidecar.semantic.stages import stage1_from_probabilities
 
 _GRID = 1e-4  # thresholds are written with 4 decimals
+HEAD_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(20))  # 0 .. 0.95
+GATES = (*(round(0.5 + 0.05 * i, 2) for i in range(10)), 0.96, 0.97, 0.98, 0.99, 1.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,14 +204,225 @@ def choose_need_threshold(need_scores: Sequence[float], target_share: float) -> 
 
 
 def thresholds_off(config: VoteConfig) -> VoteConfig:
-    """The same vote with every similarity threshold disabled (-1)."""
-    return dataclasses.replace(config, threshold=-1.0, route_thresholds={})
+    """The same vote with every threshold disabled (similarity -1, probabilities 0)."""
+    return dataclasses.replace(
+        config,
+        threshold=-1.0,
+        route_thresholds={},
+        head_threshold=0.0,
+        stage1_threshold=0.0,
+        stage1_gate=None,
+    )
 
 
 def leave_one_out(index: ExemplarIndex, config: VoteConfig) -> list[RouteVerdict]:
     """Each exemplar classified by all the others, with thresholds off."""
     loose = thresholds_off(config)
     return [vote(found, loose) for found in index.self_neighbours(config.k)]
+
+
+@dataclass(frozen=True, slots=True)
+class StagedPoint:
+    """One calibration prompt: its gold route and each stage's verdict with thresholds off."""
+
+    gold: str | None
+    knn: RouteVerdict
+    head: RouteVerdict | None = None
+    stage1: RouteVerdict | None = None
+
+
+@dataclass(frozen=True)
+class StagesChoice:
+    """The decider, thresholds and stage-1 settings chosen, and what they achieve."""
+
+    decider: Decider
+    head_threshold: float
+    thresholds: ThresholdChoice  # similarity thresholds of the chosen decider
+    knn_accuracy: float
+    head_accuracy: float | None  # None: no head, or it cannot reach the target
+    stage1_threshold: float | None  # None: no stage-1 head
+    stage1_alone: tuple[float, float] | None  # (accuracy, recall) of stage 1 deciding alone
+    stage1_gate: float | None
+    stage1_share: float  # calibration prompts decided by stage 1 at the gate
+    accuracy: float  # the two stages together
+    oos_recall: float
+
+    def settings(self) -> dict[str, object]:
+        """The `classifier:` keys this choice sets."""
+        values: dict[str, object] = {
+            "threshold": self.thresholds.threshold,
+            "route_thresholds": dict(sorted(self.thresholds.route_thresholds.items())),
+            "decider": self.decider,
+            "head_threshold": self.head_threshold,
+        }
+        if self.stage1_threshold is not None:
+            values["stage1_threshold"] = self.stage1_threshold
+            values["stage1_gate"] = self.stage1_gate
+        return values
+
+
+def staged_leave_one_out(index: ExemplarIndex, config: VoteConfig) -> list[StagedPoint]:
+    """Leave-one-out neighbours plus the heads' out-of-fold probabilities, per exemplar.
+
+    The index must be loaded with its evidence (`ExemplarIndex.load(..., evidence=True)`,
+    or built in memory) for the heads to take part.
+    """
+    loose = thresholds_off(config)
+    heads = index.heads
+    oof2 = None if heads is None else heads.stage2_out_of_fold
+    oof1 = None if heads is None else heads.stage1_out_of_fold
+    points = []
+    for i, found in enumerate(index.self_neighbours(config.k)):
+        route = index.routes[i]
+        head = stage1 = None
+        if heads is not None and oof2 is not None:
+            head = head_vote(
+                heads.scores(oof2[i]), found, loose, stage=STAGE_MODEL, min_probability=0.0
+            )
+        if heads is not None and oof1 is not None:
+            stage1 = stage1_from_probabilities(heads, oof1[i], loose)
+        points.append(
+            StagedPoint(
+                gold=None if route == OUT_OF_SCOPE else route,
+                knn=vote(found, loose),
+                head=head,
+                stage1=stage1,
+            )
+        )
+    return points
+
+
+def choose_stages(
+    points: Sequence[StagedPoint],
+    config: VoteConfig,
+    *,
+    target_recall: float,
+    confidence: float = 0.95,
+    max_route_offset: float = 0.0,
+    decider: Decider | None = None,
+    gate: float | str | None = "auto",
+    max_stage1_loss: float = 0.0,
+) -> StagesChoice:
+    """Decider, thresholds and stage-1 gate for an out-of-scope recall target (see above).
+
+    `decider` None picks the more accurate; `gate` "auto" picks the lowest allowed, None
+    switches stage 1's gate off, a number is taken as given.
+    """
+
+    def thresholds(calibration: list[CalibrationPoint]) -> ThresholdChoice:
+        return choose_thresholds(
+            calibration,
+            target_recall=target_recall,
+            confidence=confidence,
+            max_route_offset=max_route_offset,
+        )
+
+    golds = [p.gold for p in points]
+    knn = thresholds([calibration_point(p.knn, p.gold) for p in points])
+    best_head: tuple[float, ThresholdChoice] | None = None
+    heads = [p.head for p in points]
+    if all(h is not None for h in heads) and decider != "knn":
+        for tau in HEAD_THRESHOLDS:
+            calibration = [
+                CalibrationPoint(
+                    winner=None if h.confidence < tau else h.route,
+                    gold=gold,
+                    similarity=h.best_similarity,
+                )
+                for h, gold in zip(heads, golds, strict=True)
+                if h is not None
+            ]
+            try:
+                choice = thresholds(calibration)
+            except ConfigError:  # this minimum probability cannot reach the target
+                continue
+            if best_head is None or choice.accuracy > best_head[1].accuracy + 1e-12:
+                best_head = (tau, choice)
+    if decider == "head" and best_head is None:
+        raise ConfigError("the index has no head evidence, or the head cannot reach the target")
+    use_head = best_head is not None and (
+        decider == "head" or best_head[1].accuracy > knn.accuracy + 1e-12
+    )
+    head_threshold, chosen = best_head if use_head and best_head is not None else (0.0, knn)
+    stage2 = dataclasses.replace(
+        thresholds_off(config),
+        decider="head" if use_head else "knn",
+        head_threshold=head_threshold,
+        threshold=chosen.threshold,
+        route_thresholds=chosen.route_thresholds,
+    )
+    right2 = np.array([_stage2_again(p, stage2).route == p.gold for p in points])
+    oos = np.array([g is None for g in golds])
+    required = chosen.required_recall
+
+    first = [p.stage1 for p in points]
+    stage1_threshold = stage1_alone = None
+    gate_value: float | None = None
+    right = right2
+    share = 0.0
+    if all(v is not None for v in first):
+        by_probability = [
+            CalibrationPoint(winner=v.route, gold=gold, similarity=v.confidence)
+            for v, gold in zip(first, golds, strict=True)
+            if v is not None
+        ]
+        try:
+            alone = choose_thresholds(
+                by_probability, target_recall=target_recall, confidence=confidence
+            )
+            stage1_threshold = round(max(0.0, alone.threshold), 4)
+            stage1_alone = (alone.accuracy, alone.oos_recall)
+        except ConfigError:  # stage 1 alone cannot reach the target: abstain on everything
+            stage1_threshold = 1.0
+        confidence1 = np.array([v.confidence for v in first if v is not None])
+        right1 = np.array(
+            [
+                (v.route if v.confidence >= stage1_threshold else None) == gold
+                for v, gold in zip(first, golds, strict=True)
+                if v is not None
+            ]
+        )
+        accuracy2 = float(right2[~oos].mean())
+        # Stage 1 is never final under its own threshold, so no gate below it means anything.
+        lowest = [stage1_threshold] if GATES[0] < stage1_threshold < GATES[-1] else []
+        allowed = (*lowest, *(g for g in GATES if g >= stage1_threshold))
+        candidates = () if gate is None else allowed if gate == "auto" else (float(gate),)
+        for g in candidates:
+            # As in the sidecar: stage 1 is final only when it is also above its threshold.
+            use1 = (confidence1 >= g) & (confidence1 >= stage1_threshold)
+            together = np.where(use1, right1, right2)
+            accuracy, recall = float(together[~oos].mean()), float(together[oos].mean())
+            if gate != "auto" or (
+                accuracy >= accuracy2 - max_stage1_loss - 1e-12 and recall >= required - 1e-12
+            ):
+                gate_value, right, share = g, together, float(use1.mean())
+                break
+    return StagesChoice(
+        decider="head" if use_head else "knn",
+        head_threshold=head_threshold,
+        thresholds=chosen,
+        knn_accuracy=knn.accuracy,
+        head_accuracy=None if best_head is None else best_head[1].accuracy,
+        stage1_threshold=stage1_threshold,
+        stage1_alone=stage1_alone,
+        stage1_gate=gate_value,
+        stage1_share=share,
+        accuracy=float(right[~oos].mean()),
+        oos_recall=float(right[oos].mean()),
+    )
+
+
+def _stage2_again(point: StagedPoint, config: VoteConfig) -> RouteVerdict:
+    """The point's stage-2 verdict re-decided with `config` (its thresholds on)."""
+    if config.decider == "head" and point.head is not None:
+        return head_vote(
+            point.head.scores,
+            point.head.neighbours,
+            config,
+            stage=STAGE_MODEL,
+            min_probability=config.head_threshold,
+        )
+    return vote(point.knn.neighbours, config)
 
 
 def write_classifier_settings(path: Path, updates: Mapping[str, object]) -> None:

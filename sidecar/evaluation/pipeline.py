@@ -1,8 +1,9 @@
 """The plumbing `eval` and `calibrate` share, over their common command-line options.
 
 Where exemplar and test rows come from (files, or one file split by a hash), the
-classifier settings (file, then flags), the index (loaded, or built in memory), and the
-classification of many texts at once. The metrics themselves are pure
+classifier settings (file, then flags), the stage-1 static embedder, the index (loaded,
+or built in memory with its heads), and the classification of many texts at once through
+the same two stages the sidecar runs (`sidecar.semantic.stages`). The metrics themselves are pure
 (`sidecar.evaluation.metrics`); the commands are `sidecar.cli.evaluate` and
 `sidecar.cli.calibrate`, and their shared options `sidecar.cli.data_options`.
 """
@@ -10,14 +11,16 @@ classification of many texts at once. The metrics themselves are pure
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from sidecar.config.files import read_yaml_mapping
 from sidecar.config.validation import validate
-from sidecar.core.vote import RouteVerdict, VoteConfig, vote
+from sidecar.core.vote import STAGE_MODEL, RouteVerdict, VoteConfig, head_vote, vote
 from sidecar.errors import ConfigError
+from sidecar.evaluation.calibration import StagedPoint, thresholds_off
 from sidecar.evaluation.datasets import (
     STRONG,
     WEAK,
@@ -26,9 +29,19 @@ from sidecar.evaluation.datasets import (
     split_by_hash,
     to_exemplars,
 )
+from sidecar.semantic import model_store
 from sidecar.semantic.corpus import embed_corpus
 from sidecar.semantic.embedder import Embedder
 from sidecar.semantic.index import ExemplarIndex, build_index
+from sidecar.semantic.options import Stage1Mode
+from sidecar.semantic.stages import (
+    decided_by_stage1,
+    has_stage1,
+    stage1_may_decide,
+    stage1_verdict,
+    stage2_verdict,
+)
+from sidecar.semantic.static_embedder import StaticEmbedder, TokenTeacher
 
 
 @dataclass(frozen=True)
@@ -72,8 +85,14 @@ def load_vote_config(
         "threshold": args.threshold,
         "temperature": args.temperature,
         "min_margin": args.min_margin,
+        "decider": getattr(args, "decider", None),
+        "head_threshold": getattr(args, "head_threshold", None),
+        "stage1_threshold": getattr(args, "stage1_threshold", None),
     }
     section.update({key: value for key, value in overrides.items() if value is not None})
+    gate = getattr(args, "stage1_gate", None)
+    if gate is not None:
+        section["stage1_gate"] = None if gate == "off" else _number(gate, "--stage1-gate")
     if args.weak is not None and args.strong is not None and "two_model" not in section:
         # Outcome rows are labelled with these names (evaluation/datasets.py), not model names.
         section["two_model"] = {"weak": WEAK, "strong": STRONG}
@@ -89,19 +108,56 @@ def read_classifier_section(path: Path) -> Mapping[str, object]:
     return section
 
 
+def _number(value: str, flag: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"{flag}: expected a number or 'off', got {value!r}") from None
+
+
+def load_static(args: argparse.Namespace, embedder: Embedder) -> StaticEmbedder | None:
+    """The stage-1 embedder distilled from `embedder` (built into the data dir once).
+
+    None with --no-heads or --stage1 off, or for an embedder that cannot teach a table.
+    """
+    if getattr(args, "no_heads", False) or getattr(args, "stage1", "gate") == "off":
+        return None
+    if not isinstance(embedder, TokenTeacher):
+        return None
+    return model_store.load_static_embedder(embedder, args.data_dir)
+
+
 def obtain_index(
-    args: argparse.Namespace, exemplar_rows: list[LabelledRow] | None, embedder: Embedder
+    args: argparse.Namespace,
+    exemplar_rows: list[LabelledRow] | None,
+    embedder: Embedder,
+    static: StaticEmbedder | None = None,
+    *,
+    evidence: bool = False,
 ) -> ExemplarIndex:
-    """Load --index (checking the embedder fingerprint) or build one in memory."""
+    """Load --index (checking the embedder and static table) or build one in memory."""
     if exemplar_rows is None:
-        if args.projection != "none" or args.kind != "auto":
-            raise ConfigError("--projection and --kind shape an index being built, not --index")
-        return ExemplarIndex.load(args.index, expected_fingerprint=embedder.fingerprint)
+        if args.projection != "none" or args.kind != "auto" or args.no_heads:
+            raise ConfigError(
+                "--projection, --kind and --no-heads shape an index being built, not --index"
+            )
+        return ExemplarIndex.load(
+            args.index,
+            expected_fingerprint=embedder.fingerprint,
+            expected_static=None if static is None else static.fingerprint,
+            evidence=evidence,
+        )
     exemplars = to_exemplars(
         exemplar_rows, weak=args.weak, strong=args.strong, rule=args.label_rule
     )
     return build_index(
-        exemplars, embedder, kind=args.kind, projection=args.projection, progress=not args.quiet
+        exemplars,
+        embedder,
+        kind=args.kind,
+        projection=args.projection,
+        progress=not args.quiet,
+        heads=not args.no_heads,
+        static=static,
     )
 
 
@@ -111,8 +167,87 @@ def classify(
     index: ExemplarIndex,
     config: VoteConfig,
     *,
+    static: StaticEmbedder | None = None,
+    mode: Stage1Mode = "gate",
     progress: bool,
 ) -> list[RouteVerdict]:
-    """Embed, search and vote for each text."""
+    """Each text through stage 1 and, where it is not final, stage 2: the sidecar's path."""
+    decided: list[RouteVerdict | None] = [None] * len(texts)
+    # As in the sidecar, stage 1 runs only where it may decide.
+    runs = mode == "only" or (mode == "gate" and stage1_may_decide(config))
+    if runs and static is not None and index.heads is not None and has_stage1(index):
+        heads = index.heads
+        for i, row in enumerate(static.embed(texts)):
+            first = stage1_verdict(heads, row, config, overloaded=mode == "only")
+            if mode == "only" or decided_by_stage1(first, config):
+                decided[i] = first
+    elif mode == "only":
+        raise ConfigError("--stage1 only needs an index with a stage-1 head and its static table")
+    rest = [i for i, verdict in enumerate(decided) if verdict is None]
+    if rest:
+        vectors = embed_corpus([texts[i] for i in rest], embedder, progress=progress)
+        found = index.search(vectors, config.k)
+        for i, row, neighbours in zip(rest, vectors, found, strict=True):
+            decided[i] = stage2_verdict(index, row, neighbours, config)
+    return [verdict for verdict in decided if verdict is not None]
+
+
+def stage1_cost_us(
+    texts: Sequence[str],
+    static: StaticEmbedder,
+    index: ExemplarIndex,
+    config: VoteConfig,
+    *,
+    passes: int = 3,
+) -> float:
+    """Mean wall time of stage 1 per prompt, as the sidecar runs it, in microseconds.
+
+    Tokenize, look up, weighted mean, head, verdict: one prompt at a time, the best of
+    `passes` passes over (at most 2,000 of) the texts.
+    """
+    heads = index.heads
+    if heads is None or heads.stage1 is None or not texts:
+        raise ConfigError("no stage-1 head to time")
+    sample = list(texts[:2000])
+    best = float("inf")
+    for _ in range(passes):
+        started = time.perf_counter()
+        for text in sample:
+            stage1_verdict(heads, static.embed_one(text), config)
+        best = min(best, time.perf_counter() - started)
+    return 1e6 * best / len(sample)
+
+
+def staged_points(
+    texts: Sequence[str],
+    golds: Sequence[str | None],
+    embedder: Embedder,
+    index: ExemplarIndex,
+    config: VoteConfig,
+    *,
+    static: StaticEmbedder | None,
+    progress: bool,
+) -> list[StagedPoint]:
+    """Explicit calibration rows through every stage, with thresholds off."""
+    loose = thresholds_off(config)
     vectors = embed_corpus(texts, embedder, progress=progress)
-    return [vote(found, config) for found in index.search(vectors, config.k)]
+    found = index.search(vectors, config.k)
+    heads = index.heads
+    first = None
+    if static is not None and heads is not None and heads.stage1 is not None:
+        first = [stage1_verdict(heads, row, loose) for row in static.embed(texts)]
+    points = []
+    for i, (gold, row, neighbours) in enumerate(zip(golds, vectors, found, strict=True)):
+        head = None
+        if heads is not None:
+            scores = heads.scores(heads.stage2_probabilities(row))
+            head = head_vote(scores, neighbours, loose, stage=STAGE_MODEL, min_probability=0.0)
+        points.append(
+            StagedPoint(
+                gold=gold,
+                knn=vote(neighbours, loose),
+                head=head,
+                stage1=None if first is None else first[i],
+            )
+        )
+    return points

@@ -1,17 +1,26 @@
-"""Semantic routing in the sidecar: embedder + exemplar index + vote, with hot index swap.
+"""Semantic routing in the sidecar: two stages over one exemplar index, with hot index swap.
 
-Load shedding. The embedder is the one expensive step (~8 ms of CPU per 30-token prompt
+Two stages (sidecar/semantic/stages.py). Stage 1 embeds the prompt with static token
+vectors and asks the index's stage-1 head, on the event loop (tens of microseconds);
+a confident answer is final. Otherwise stage 2 embeds it with the sentence encoder
+(batched, off the loop) and decides by the kNN vote or the stage-2 head.
+
+Load shedding. The encoder is the one expensive step (~8 ms of CPU per 30-token prompt
 on a 2-core machine), so under overload its queue would grow past Envoy's ext_proc
 timeout and every request would fail open. Instead, a prompt whose expected wait for
-the model exceeds `max_queue_ms` is decided at once without the classifier (the policy's
-default route, with the reason in the explanation), and the model keeps serving the
-prompts it admitted at full speed.
+the model exceeds `max_queue_ms` is decided at once on stage 1 alone (marked
+`overloaded`; not cached, so a repeat gets the full decision later), and the model keeps
+serving the prompts it admitted at full speed. Without a stage-1 head (an index from
+before heads, or stage 1 switched off) such a prompt is decided without the classifier:
+the policy's default route, abstain reason `shed`.
 
 Theory. The live index is one attribute, replaced by a single reference assignment on the
 event loop. A request reads that reference once, after its embedding is ready, and uses
 that index object for its search; so every decision is made against exactly one whole
-index, the old or the new, never a half-loaded one. A new index is loaded and checked
-(files present, FAISS readable, metadata consistent, same embedder fingerprint) in a
+index, the old or the new, never a half-loaded one (stage 1 reads it before the
+encoder is asked, stage 2 again after: a decision is made by one stage, so by one
+index). A new index is loaded and checked (files present, FAISS readable, metadata
+consistent, same embedder fingerprint, same static table) in a
 worker thread *before* the swap; if any check fails the old index keeps serving and the
 caller gets IndexLoadError. The exact-repeat cache is keyed by the index generation, so
 a swap invalidates it without a lock.
@@ -22,13 +31,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sidecar.core.vote import SHED, RouteVerdict, VoteConfig, abstention, vote
+from sidecar.core.vote import SHED, RouteVerdict, VoteConfig, abstention
 from sidecar.errors import IndexLoadError
 from sidecar.semantic.index import ExemplarIndex
 from sidecar.semantic.micro_batcher import MicroBatcher
+from sidecar.semantic.stages import (
+    decided_by_stage1,
+    stage1_may_decide,
+    stage1_verdict,
+    stage2_verdict,
+)
+from sidecar.semantic.static_embedder import StaticEmbedder
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +73,10 @@ class SemanticClassifier:
         cache_size: int,
         max_queue_s: float = 0.05,
         reload_root: Path | None = None,
+        static: StaticEmbedder | None = None,
     ) -> None:
         self._batcher = batcher
+        self._static = static
         self._index = index
         self._generation = 0
         self._config = config
@@ -70,27 +88,43 @@ class SemanticClassifier:
         self._max_queue_s = max_queue_s
 
     async def classify(self, text: str) -> RouteVerdict:
-        """Embed (batched, off the loop), search, vote; exact repeats come from the cache."""
+        """Stage 1, then (unless it is confident) stage 2; exact repeats come from the cache."""
         key = (self._generation, text)
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
             return cached
+        first = self._stage1(text) if stage1_may_decide(self._config) else None
+        if first is not None and decided_by_stage1(first, self._config):
+            self._remember(key, first)
+            return first
         if self._batcher.overloaded(self._max_queue_s):
+            first = first or self._stage1(text)
             log.debug(
-                "shedding: a new prompt would wait %.0f ms for the model (budget %.0f ms)",
+                "shedding to %s: a new prompt would wait %.0f ms for the model (budget %.0f ms)",
+                "stage 1" if first is not None else "the default route",
                 1000 * self._batcher.expected_wait_s(), 1000 * self._max_queue_s,
             )  # fmt: skip
-            return abstention(SHED)
+            return abstention(SHED) if first is None else replace(first, overloaded=True)
         vector = await self._batcher.embed(text)
         index, generation = self._index, self._generation
         neighbours = index.search(vector.reshape(1, -1), self._config.k)[0]
-        result = vote(neighbours, self._config)
+        result = stage2_verdict(index, vector, neighbours, self._config)
+        self._remember((generation, text), result)
+        return result
+
+    def _stage1(self, text: str) -> RouteVerdict | None:
+        """The stage-1 verdict on the current index, or None when stage 1 cannot run."""
+        heads = self._index.heads
+        if self._static is None or heads is None or heads.stage1 is None:
+            return None
+        return stage1_verdict(heads, self._static.embed_one(text), self._config)
+
+    def _remember(self, key: tuple[int, str], verdict: RouteVerdict) -> None:
         if self._cache_size:
-            self._cache[(generation, text)] = result
+            self._cache[key] = verdict
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
-        return result
 
     def expected_wait_s(self) -> float:
         """How long a new prompt would wait for the model now (a gauge on /metrics)."""
@@ -103,9 +137,11 @@ class SemanticClassifier:
             raise IndexLoadError("no index path given and the sidecar was not started with one")
         self._check_allowed(target)
         async with self._reload_lock:
-            fingerprint = self._batcher.embedder.fingerprint
             loaded = await asyncio.to_thread(
-                ExemplarIndex.load, target, expected_fingerprint=fingerprint
+                ExemplarIndex.load,
+                target,
+                expected_fingerprint=self._batcher.embedder.fingerprint,
+                expected_static=None if self._static is None else self._static.fingerprint,
             )
             self._index = loaded
             self._generation += 1

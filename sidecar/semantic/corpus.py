@@ -21,7 +21,7 @@ def embed_corpus(
     """Embed many texts, shortest first (less padding), with an optional stderr progress bar."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = np.zeros((len(texts), embedder.dim), dtype=np.float32)
-    bar = _ProgressBar("embedding", len(texts)) if progress else None
+    bar = ProgressBar("embedding", len(texts)) if progress else None
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         out[chunk] = embedder.embed([texts[i] for i in chunk])
@@ -32,7 +32,7 @@ def embed_corpus(
     return out
 
 
-class _ProgressBar:
+class ProgressBar:
     """A one-line text bar on stderr, redrawn at most once per percent."""
 
     def __init__(self, label: str, total: int) -> None:

@@ -73,6 +73,7 @@ class OnnxEmbedder:
         model_bytes = _read_bytes(onnx_path, "ONNX model")
         tokenizer_bytes = _read_bytes(tokenizer_path, "tokenizer")
         self._max_tokens = max_tokens
+        self._tokenizer_path = tokenizer_path
         self._tokenizer = _load_tokenizer(tokenizer_path, max_tokens)
         self._session = _load_session(onnx_path, model_bytes, threads)
         self._int_type, self._feed_type_ids = _check_inputs(self._session, onnx_path)
@@ -105,6 +106,11 @@ class OnnxEmbedder:
         """Inputs are truncated to this many tokens, special tokens included."""
         return self._max_tokens
 
+    @property
+    def tokenizer_path(self) -> Path:
+        """The tokenizer.json the model's inputs are made with."""
+        return self._tokenizer_path
+
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Embed `texts` into shape (len(texts), dim), rows L2-normalised."""
         if isinstance(texts, str):
@@ -114,15 +120,26 @@ class OnnxEmbedder:
         encodings = self._tokenizer.encode_batch(list(texts))
         ids = np.array([e.ids for e in encodings], dtype=self._int_type)
         mask = np.array([e.attention_mask for e in encodings], dtype=self._int_type)
+        return self._run(ids, mask)
+
+    def embed_ids(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        """Embed rows of token ids (special tokens included, no padding), L2-normalised.
+
+        The static stage is distilled through this: one vocabulary token per row.
+        """
+        rows = np.asarray(ids, dtype=self._int_type)
+        return self._run(rows, np.ones_like(rows))
+
+    def _run(
+        self, ids: npt.NDArray[np.signedinteger], mask: npt.NDArray[np.signedinteger]
+    ) -> npt.NDArray[np.float32]:
         feed = {"input_ids": ids, "attention_mask": mask}
         if self._feed_type_ids:
             feed["token_type_ids"] = np.zeros_like(ids)
         try:
             (raw,) = self._session.run([self._output], feed)
         except Exception as exc:  # onnxruntime raises its own untyped exception classes
-            raise EmbedderError(
-                f"embedding model failed on a batch of {len(texts)}: {exc}"
-            ) from exc
+            raise EmbedderError(f"embedding model failed on a batch of {len(ids)}: {exc}") from exc
         states = np.asarray(raw, dtype=np.float32)
         if not self._pooled:
             weights = mask.astype(np.float32)[:, :, None]

@@ -13,16 +13,23 @@ With `projection="lda"` the index also carries a learned linear map (sidecar/sem
 inside the FAISS file; similarities are then cosines in the projected space, so thresholds
 calibrated for one index do not carry over to another.
 
-On disk an index is a directory with `index.faiss` and `meta.json`. `save` writes a
-sibling temp directory and renames it into place, so a reader (a sidecar watching the
-path) sees the old index, then the new one, never half of one. `load` refuses an index
-whose embedder fingerprint differs from the running embedder's: its neighbours would be
-silently wrong.
+An index may also carry linear softmax heads over its routes (sidecar/semantic/heads.py):
+stage 1 over static token embeddings, stage 2 over the embedder's rows. They are fitted
+by `build_index` when there are enough exemplars, with cross-validation on the exemplars.
+
+On disk an index is a directory with `index.faiss`, `meta.json` and, from format 2 on,
+`heads.npz` when it has heads. `save` writes a sibling temp directory and renames it
+into place, so a reader (a sidecar watching the path) sees the old index, then the new
+one, never half of one. `load` refuses an index whose embedder fingerprint differs from
+the running embedder's (its neighbours would be silently wrong), and one whose stage-1
+head was trained on a different static table than the running one. Format 1 indexes
+(no heads) still load; they decide everything on the embedder and shed under overload.
 """
 
 from __future__ import annotations
 
 import json
+import zipfile
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -39,10 +46,14 @@ from sidecar.errors import ConfigError, IndexLoadError, OutputError
 from sidecar.semantic.corpus import embed_corpus
 from sidecar.semantic.embedder import Embedder
 from sidecar.semantic.exemplars import Exemplar
+from sidecar.semantic.heads import RouteHeads, fit_heads, load_heads
 from sidecar.semantic.options import IndexKind, Projection
 from sidecar.semantic.projection import fit_lda
+from sidecar.semantic.static_embedder import StaticEmbedder
+from sidecar.semantic.stored import as_float, as_int, as_list
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: before heads
 INDEX_FILE = "index.faiss"
 META_FILE = "meta.json"
 HNSW_NEIGHBOURS = 32
@@ -65,6 +76,7 @@ class ExemplarIndex:
         projection: Projection = "none",
         texts: Sequence[str] | None = None,
         created_at: str | None = None,
+        heads: RouteHeads | None = None,
     ) -> None:
         n = int(faiss_index.ntotal)
         if not len(routes) == len(output_tokens) == len(weights) == n:
@@ -81,6 +93,9 @@ class ExemplarIndex:
         self.projection = projection
         self.dim = int(faiss_index.d)
         self.created_at = created_at or datetime.now(UTC).isoformat(timespec="seconds")
+        if heads is not None and heads.stage2.weights.shape[0] != self.dim:
+            raise ValueError("the stage-2 head's width differs from the embedder's")
+        self.heads = heads
 
     def __len__(self) -> int:
         return len(self.routes)
@@ -142,6 +157,8 @@ class ExemplarIndex:
                 faiss.write_index(self._index, str(tmp / INDEX_FILE))
             except RuntimeError as exc:  # FAISS reports every write failure as RuntimeError
                 raise OutputError(f"{directory}: cannot write {INDEX_FILE}: {exc}") from exc
+            if self.heads is not None:
+                self.heads.save(tmp)
             (tmp / META_FILE).write_text(json.dumps(self._meta()), encoding="utf-8")
 
         replace_directory(Path(directory), fill)
@@ -165,11 +182,25 @@ class ExemplarIndex:
         }
         if self.texts is not None:
             meta["texts"] = list(self.texts)
+        if self.heads is not None:
+            meta["heads"] = self.heads.meta()
         return meta
 
     @classmethod
-    def load(cls, directory: Path, *, expected_fingerprint: str | None) -> ExemplarIndex:
-        """Read an index saved by `save`; IndexLoadError says what is missing or wrong."""
+    def load(
+        cls,
+        directory: Path,
+        *,
+        expected_fingerprint: str | None,
+        expected_static: str | None = None,
+        evidence: bool = False,
+    ) -> ExemplarIndex:
+        """Read an index saved by `save`; IndexLoadError says what is missing or wrong.
+
+        `expected_static` is the running static table's fingerprint (None: no stage 1
+        runs, so a stage-1 head is not checked); `evidence` also reads the heads'
+        out-of-fold probabilities (for calibration).
+        """
         directory = Path(directory)
         meta_path, index_path = directory / META_FILE, directory / INDEX_FILE
         for path in (meta_path, index_path):
@@ -182,10 +213,11 @@ class ExemplarIndex:
         if not isinstance(meta, dict):
             raise IndexLoadError(f"exemplar index {meta_path}: not a JSON object")
         version = meta.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise IndexLoadError(
                 f"exemplar index {directory}: format version {version!r}, this router reads "
-                f"{FORMAT_VERSION}; rebuild it with `inference-router index build`"
+                f"{', '.join(map(str, READABLE_VERSIONS))}; rebuild it with "
+                "`inference-router index build`"
             )
         fingerprint = meta.get("fingerprint")
         if expected_fingerprint is not None and fingerprint != expected_fingerprint:
@@ -198,20 +230,35 @@ class ExemplarIndex:
             faiss_index = faiss.read_index(str(index_path))
         except RuntimeError as exc:  # FAISS reports every read failure as RuntimeError
             raise IndexLoadError(f"exemplar index {index_path}: corrupt: {exc}") from exc
+        heads = None
+        if isinstance(meta.get("heads"), dict):
+            try:
+                heads = load_heads(directory, meta["heads"], evidence=evidence)
+            except (OSError, EOFError, KeyError, TypeError, ValueError, zipfile.BadZipFile) as exc:
+                raise IndexLoadError(f"exemplar index {directory}: broken heads: {exc!r}") from exc
+            trained_on = heads.static_fingerprint
+            if expected_static is not None and trained_on not in (None, expected_static):
+                raise IndexLoadError(
+                    f"exemplar index {directory}: its stage-1 head was trained on static table "
+                    f"{trained_on}, but the running table is {expected_static}; rebuild the "
+                    "index with this embedder's table"
+                )
         try:
-            return _from_meta(faiss_index, meta)
+            return _from_meta(faiss_index, meta, heads)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise IndexLoadError(
                 f"exemplar index {directory}: meta.json does not match index.faiss: {exc!r}"
             ) from exc
 
 
-def _from_meta(faiss_index: faiss.Index, meta: dict[str, object]) -> ExemplarIndex:
-    names = [str(n) for n in _as_list(meta["route_names"])]
-    routes = [names[_as_int(i)] for i in _as_list(meta["route_ids"])]
-    tokens = [None if t is None else _as_int(t) for t in _as_list(meta["output_tokens"])]
-    weights = [_as_float(w) for w in _as_list(meta["weights"])]
-    texts = [str(t) for t in _as_list(meta["texts"])] if "texts" in meta else None
+def _from_meta(
+    faiss_index: faiss.Index, meta: dict[str, object], heads: RouteHeads | None
+) -> ExemplarIndex:
+    names = [str(n) for n in as_list(meta["route_names"])]
+    routes = [names[as_int(i)] for i in as_list(meta["route_ids"])]
+    tokens = [None if t is None else as_int(t) for t in as_list(meta["output_tokens"])]
+    weights = [as_float(w) for w in as_list(meta["weights"])]
+    texts = [str(t) for t in as_list(meta["texts"])] if "texts" in meta else None
     kind = meta["kind"]
     if kind not in ("flat", "hnsw"):
         raise ValueError(f"unknown kind {kind!r}")
@@ -223,7 +270,7 @@ def _from_meta(faiss_index: faiss.Index, meta: dict[str, object]) -> ExemplarInd
         projection = "none"
     else:
         raise ValueError(f"unknown projection {raw_projection!r}")
-    if _as_int(meta["dim"]) != faiss_index.d or _as_int(meta["count"]) != faiss_index.ntotal:
+    if as_int(meta["dim"]) != faiss_index.d or as_int(meta["count"]) != faiss_index.ntotal:
         raise ValueError("dim or count differs from index.faiss")
     index = ExemplarIndex(
         faiss_index,
@@ -235,29 +282,14 @@ def _from_meta(faiss_index: faiss.Index, meta: dict[str, object]) -> ExemplarInd
         projection=projection,
         texts=texts,
         created_at=str(meta.get("created_at")),
+        heads=heads,
     )
+    if heads is not None and not set(heads.classes) >= set(routes):
+        raise ValueError("the heads do not know every route of the index")
     if kind == "hnsw":  # efSearch is a search-time knob FAISS does not persist
         hnsw: Any = index._inner()
         hnsw.hnsw.efSearch = HNSW_EF_SEARCH
     return index
-
-
-def _as_int(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected an integer, got {value!r}")
-    return value
-
-
-def _as_float(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"expected a number, got {value!r}")
-    return float(value)
-
-
-def _as_list(value: object) -> list[object]:
-    if not isinstance(value, list):
-        raise TypeError(f"expected a list, got {type(value).__name__}")
-    return value
 
 
 def build_index_from_vectors(
@@ -269,6 +301,7 @@ def build_index_from_vectors(
     hnsw_threshold: int = 50_000,
     projection: Projection = "none",
     store_texts: bool = False,
+    heads: RouteHeads | None = None,
 ) -> ExemplarIndex:
     """Index already-embedded exemplars (row i of `vectors` is exemplar i)."""
     if len(vectors) != len(exemplars):
@@ -300,6 +333,7 @@ def build_index_from_vectors(
         kind=chosen,
         projection=projection,
         texts=[e.text for e in exemplars] if store_texts else None,
+        heads=heads,
     )
 
 
@@ -313,11 +347,23 @@ def build_index(
     projection: Projection = "none",
     store_texts: bool = False,
     batch_size: int = 64,
+    heads: bool = True,
+    static: StaticEmbedder | None = None,
 ) -> ExemplarIndex:
-    """Embed the exemplars and index them: flat below `hnsw_threshold`, HNSW from it on."""
-    vectors = embed_corpus(
-        [e.text for e in exemplars], embedder, batch_size=batch_size, progress=progress
-    )
+    """Embed the exemplars and index them: flat below `hnsw_threshold`, HNSW from it on.
+
+    With `heads` the linear heads are fitted too (stage 1 only when `static` is given).
+    """
+    texts = [e.text for e in exemplars]
+    vectors = embed_corpus(texts, embedder, batch_size=batch_size, progress=progress)
+    fitted = None
+    if heads and exemplars:
+        fitted = fit_heads(
+            exemplars,
+            vectors,
+            None if static is None else static.embed(texts),
+            static_fingerprint=None if static is None else static.fingerprint,
+        )
     return build_index_from_vectors(
         vectors,
         exemplars,
@@ -326,4 +372,5 @@ def build_index(
         hnsw_threshold=hnsw_threshold,
         projection=projection,
         store_texts=store_texts,
+        heads=fitted,
     )

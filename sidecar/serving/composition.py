@@ -1,9 +1,10 @@
 """The composition root of the semantic engine: everything it needs, built from settings.
 
 This is the one module that knows how the parts fit: which embedder the settings ask
-for, which index to load or build (cached in the data directory by exemplar-file and
-embedder fingerprint), the micro-batcher in front of the model, the classifier, and the
-watcher that hot-swaps a rebuilt index. Nothing below it reads settings.
+for, the stage-1 static embedder distilled from it, which index to load or build (cached
+in the data directory by exemplar file, index format, embedder and static table), the
+micro-batcher in front of the model, the classifier, and the watcher that hot-swaps a
+rebuilt index. Nothing below it reads settings.
 """
 
 from __future__ import annotations
@@ -20,9 +21,15 @@ from sidecar.errors import IndexLoadError
 from sidecar.semantic.classifier import IndexInfo, SemanticClassifier, watch_index
 from sidecar.semantic.embedder import Embedder, OnnxEmbedder
 from sidecar.semantic.exemplars import load_exemplars, shipped_exemplars
-from sidecar.semantic.index import ExemplarIndex, build_index
+from sidecar.semantic.index import FORMAT_VERSION, ExemplarIndex, build_index
 from sidecar.semantic.micro_batcher import MicroBatcher
-from sidecar.semantic.model_store import default_data_dir, load_default_embedder
+from sidecar.semantic.model_store import (
+    default_data_dir,
+    load_default_embedder,
+    load_static_embedder,
+)
+from sidecar.semantic.stages import has_stage1
+from sidecar.semantic.static_embedder import StaticEmbedder, TokenTeacher
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +65,31 @@ def make_embedder(settings: SemanticSettings) -> Embedder:
     )
 
 
-def default_index(settings: SemanticSettings, embedder: Embedder) -> ExemplarIndex:
+def make_static(settings: SemanticSettings, embedder: Embedder) -> StaticEmbedder | None:
+    """The stage-1 embedder distilled from `embedder`, or None when stage 1 is off."""
+    if not settings.stage1 or not isinstance(embedder, TokenTeacher):
+        return None
+    return load_static_embedder(embedder, settings.data_dir, max_tokens=settings.max_tokens)
+
+
+def default_index(
+    settings: SemanticSettings, embedder: Embedder, static: StaticEmbedder | None = None
+) -> ExemplarIndex:
     """Build (once, then cache in the data dir) the index of the configured exemplars."""
     exemplars_path = settings.exemplars or shipped_exemplars()
     digest = hashlib.sha256(exemplars_path.read_bytes())
+    digest.update(f"format {FORMAT_VERSION}".encode())
     digest.update(embedder.fingerprint.encode())
+    digest.update(b"" if static is None else static.fingerprint.encode())
     data_dir = settings.data_dir or default_data_dir()
     cached = data_dir / "indexes" / digest.hexdigest()[:16]
+    expected_static = None if static is None else static.fingerprint
     with contextlib.suppress(IndexLoadError):
-        return ExemplarIndex.load(cached, expected_fingerprint=embedder.fingerprint)
+        return ExemplarIndex.load(
+            cached, expected_fingerprint=embedder.fingerprint, expected_static=expected_static
+        )
     log.info("building the exemplar index from %s", exemplars_path)
-    index = build_index(load_exemplars(exemplars_path), embedder)
+    index = build_index(load_exemplars(exemplars_path), embedder, static=static)
     index.save(cached)
     return index
 
@@ -79,12 +100,21 @@ async def build_semantic(settings: Settings) -> SemanticParts | None:
     if not semantic.enabled:
         return None
     embedder = await asyncio.to_thread(make_embedder, semantic)
+    static = await asyncio.to_thread(make_static, semantic, embedder)
     if semantic.index is not None:
         index = await asyncio.to_thread(
-            ExemplarIndex.load, semantic.index, expected_fingerprint=embedder.fingerprint
+            ExemplarIndex.load,
+            semantic.index,
+            expected_fingerprint=embedder.fingerprint,
+            expected_static=None if static is None else static.fingerprint,
         )
     else:
-        index = await asyncio.to_thread(default_index, semantic, embedder)
+        index = await asyncio.to_thread(default_index, semantic, embedder, static)
+    if static is not None and not has_stage1(index):
+        log.warning(
+            "the exemplar index has no stage-1 head: every prompt waits for the encoder and "
+            "overload sheds to the default route; rebuild it with `inference-router index build`"
+        )
     batcher = MicroBatcher(
         embedder, max_batch=semantic.batch_max, max_wait_s=semantic.batch_wait_ms / 1000
     )
@@ -96,6 +126,7 @@ async def build_semantic(settings: Settings) -> SemanticParts | None:
         reload_root=semantic.reload_dir or (semantic.index.parent if semantic.index else None),
         cache_size=semantic.cache_size,
         max_queue_s=semantic.max_queue_ms / 1000,
+        static=static,
     )
     watcher: asyncio.Task[None] | None = None
     if semantic.index is not None and semantic.watch_index:

@@ -22,7 +22,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
 from envoy.type.v3 import http_status_pb2
 
 from sidecar.core.request import MODELS_PATH, endpoint_for_path
-from sidecar.core.vote import FAILED, SHED
+from sidecar.core.vote import FAILED, SHED, STAGE_STATIC
 from sidecar.errors import RequestError
 from sidecar.serving.body import BIG_BODY_BYTES
 from sidecar.serving.metrics import RouterMetrics
@@ -81,15 +81,23 @@ def decision_response(routed: Routed, original_length: int) -> ext.ProcessingRes
 
 
 def classifier_outcome(routed: Routed) -> str:
-    """A metric label: what the semantic classifier contributed to a decision."""
+    """A metric label: what the semantic classifier contributed to a decision.
+
+    `routed`/`abstained` on the encoder (stage 2), `stage1_routed`/`stage1_abstained`
+    when stage 1 was confident, `shed_stage1_*` when stage 1 decided because the encoder
+    was overloaded, `shed` when nothing could classify it (default route).
+    """
     verdict = routed.verdict
     if verdict is None:
         return "unused"
-    if verdict.route is not None:
-        return "routed"
     if verdict.abstain_reason == SHED:
         return "shed"
-    return "error" if verdict.abstain_reason == FAILED else "abstained"
+    if verdict.abstain_reason == FAILED:
+        return "error"
+    outcome = "routed" if verdict.route is not None else "abstained"
+    if verdict.stage == STAGE_STATIC:
+        return f"shed_stage1_{outcome}" if verdict.overloaded else f"stage1_{outcome}"
+    return outcome
 
 
 def error_response(error: RequestError) -> ext.ProcessingResponse:

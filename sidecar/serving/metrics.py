@@ -65,7 +65,8 @@ class RouterMetrics:
         gauge = Gauge(
             "inference_router_classifier_expected_wait_seconds",
             "How long a new prompt would wait for the embedding model; above the shedding "
-            "budget (semantic.max_queue_ms) prompts are shed to the default route",
+            "budget (semantic.max_queue_ms) stage 1 decides alone (or, without stage 1, "
+            "the policy's default route)",
             registry=self.registry,
         )
         gauge.set_function(expected_wait_s)

@@ -21,8 +21,11 @@ from sidecar.semantic.minilm_graph import build_minilm_onnx, locate_packaged_min
 from sidecar.semantic.model_store import (
     DEFAULT_TOKENIZER_NAME,
     ensure_default_model,
+    ensure_static_table,
     load_default_embedder,
+    static_table_path,
 )
+from sidecar.semantic.static_embedder import StaticEmbedder, StaticTable
 
 pytestmark = pytest.mark.integration
 
@@ -137,3 +140,57 @@ def test_cli_build_prints_fingerprint(
     assert model_build.run(parser.parse_args(["--data-dir", str(built.data_dir)])) == 0
     out = capsys.readouterr().out
     assert str(built.fp32) in out and embedder.fingerprint in out
+
+
+# The static table is distilled from the real model once per session (~30 s on 2 cores);
+# these tests come last so the data-dir listing above sees only the model files.
+
+
+@pytest.fixture(scope="session")
+def static_table(built: Built, embedder: OnnxEmbedder) -> StaticTable:
+    return ensure_static_table(embedder, built.data_dir)
+
+
+def test_the_static_table_covers_the_vocabulary_and_is_cached(
+    built: Built, embedder: OnnxEmbedder, static_table: StaticTable
+) -> None:
+    assert static_table.vectors.shape == (30522, 256)
+    assert static_table.source == embedder.fingerprint
+    path = static_table_path(built.data_dir, embedder.fingerprint)
+    stamp = path.stat().st_mtime_ns
+    again = ensure_static_table(embedder, built.data_dir)
+    assert again.fingerprint == static_table.fingerprint and path.stat().st_mtime_ns == stamp
+    # A token's row is its `[CLS] token [SEP]` embedding, reduced: the PCA keeps it close.
+    ids = embedder.embed_ids(np.array([[101, 2924, 102], [101, 5703, 102]]))  # bank, balance
+    rows = static_table.vectors[[2924, 5703]] * static_table.scales[[2924, 5703], None]
+    assert float(ids[0] @ ids[1]) > 0.3 and float(rows[0] @ rows[1]) > 0
+
+
+def test_static_embeddings_find_the_same_paraphrases_as_minilm(
+    built: Built, embedder: OnnxEmbedder, static_table: StaticTable
+) -> None:
+    static = StaticEmbedder(static_table, built.tokenizer)
+    texts = [
+        "what is the balance of my checking account",
+        "book a table for two at an italian restaurant",
+        "prove that the square root of two is irrational",
+        "how do I reverse a linked list in python",
+    ]
+    queries = [
+        "how much money is in my bank account",
+        "reserve a dinner table tonight",
+        "show that sqrt 2 cannot be a fraction",
+        "python code to reverse a list",
+    ]
+    static_nearest = (static.embed(queries) @ static.embed(texts).T).argmax(axis=1)
+    model_nearest = (embedder.embed(queries) @ embedder.embed(texts).T).argmax(axis=1)
+    assert list(static_nearest) == list(model_nearest) == [0, 1, 2, 3]
+
+
+def test_cli_build_also_reports_the_static_table(
+    built: Built, static_table: StaticTable, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = argparse.ArgumentParser()
+    model_build.configure(parser)
+    assert model_build.run(parser.parse_args(["--data-dir", str(built.data_dir)])) == 0
+    assert static_table.fingerprint in capsys.readouterr().out

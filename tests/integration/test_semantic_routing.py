@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,29 @@ def semantic_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSt
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="module")
+def encoder_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """The same, with stage 1's gate off: every prompt is decided on the encoder (stage 2)."""
+    workdir = tmp_path_factory.mktemp("encoder")
+    settings = workdir / "settings.yaml"
+    settings.write_text("classifier:\n  stage1_gate: null\n")
+    stack = start_stack(workdir, sidecar_args=("--config", str(settings)))
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def _decide(stack: LocalStack, prompt: str) -> router_pb2.DecideResponse:
+    with grpc.insecure_channel(stack.sidecar_target) as channel:
+        stub = router_pb2_grpc.RouterStub(channel)  # type: ignore[no-untyped-call]
+        body = {"model": "auto", "messages": [{"role": "user", "content": prompt}]}
+        reply: router_pb2.DecideResponse = stub.Decide(
+            router_pb2.DecideRequest(body=json.dumps(body).encode()), timeout=10
+        )
+    return reply
 
 
 def _route(stack: LocalStack, prompt: str) -> httpx.Response:
@@ -56,17 +80,31 @@ def test_hard_prompts_go_to_the_frontier_tier(semantic_stack: LocalStack, prompt
     assert reply.headers["x-router-upstream"] == "sim-frontier"
 
 
-def test_decide_explains_the_semantic_vote(semantic_stack: LocalStack) -> None:
-    with grpc.insecure_channel(semantic_stack.sidecar_target) as channel:
-        stub = router_pb2_grpc.RouterStub(channel)  # type: ignore[no-untyped-call]
-        body = b'{"model":"auto","messages":[{"role":"user","content":"hi, thanks!"}]}'
-        reply = stub.Decide(router_pb2.DecideRequest(body=body), timeout=10)
+def test_decide_explains_the_semantic_vote(encoder_stack: LocalStack) -> None:
+    reply = _decide(encoder_stack, "hi, thanks!")
     explanation = reply.explanation
     assert reply.route == "small"
+    assert explanation.stage == 2
     assert explanation.neighbours and explanation.neighbours[0].route == "small"
     assert explanation.route_scores["small"] == pytest.approx(explanation.confidence)
     assert not explanation.abstained
     assert explanation.predicted_output_tokens > 0
+
+
+def test_a_confident_prompt_is_decided_on_stage1_without_the_encoder(
+    semantic_stack: LocalStack,
+) -> None:
+    reply = _decide(semantic_stack, "hi, thanks!")
+    explanation = reply.explanation
+    assert reply.route == "small"
+    assert (explanation.stage, explanation.overloaded) == (1, False)
+    assert not explanation.neighbours  # no encoder call, so no kNN search either
+    assert explanation.route_scores["small"] == pytest.approx(explanation.confidence)
+    assert explanation.confidence >= 0.8  # the default gate
+    assert explanation.predicted_output_tokens > 0  # the route's mean answer length
+    assert _route(semantic_stack, "hi, thanks!").headers["x-router-route"] == "small"
+    admin = f"http://127.0.0.1:{semantic_stack.ports.sidecar_admin}/metrics"
+    assert 'classifier="stage1_routed"' in httpx.get(admin, timeout=10).text
 
 
 def test_broken_index_reload_is_refused_and_serving_continues(

@@ -8,15 +8,33 @@ import pytest
 import yaml
 
 from sidecar.cli import calibrate
+from sidecar.core.vote import (
+    OUT_OF_SCOPE,
+    STAGE_MODEL,
+    STAGE_STATIC,
+    Neighbour,
+    VoteConfig,
+    head_vote,
+    vote,
+)
 from sidecar.errors import ConfigError
 from sidecar.evaluation.calibration import (
     CalibrationPoint,
+    StagedPoint,
     choose_need_threshold,
+    choose_stages,
     choose_thresholds,
     required_recall,
+    thresholds_off,
     write_classifier_settings,
 )
-from tests.fakes import run_command_with_fake_embedder, write_jsonl
+from tests.fakes import (
+    TokenHashEmbedder,
+    run_command_with_fake_embedder,
+    run_command_with_fake_teacher,
+    write_jsonl,
+    write_word_tokenizer,
+)
 
 
 def p(winner: str | None, gold: str | None, similarity: float) -> CalibrationPoint:
@@ -150,3 +168,122 @@ def test_calibrate_command_writes_a_need_threshold_for_a_share_target(
     assert two_model["weak"] == "weak"
     assert two_model["strong"] == "strong"
     assert 0.5 < two_model["need_threshold"] <= 1.0
+
+
+LOOSE = thresholds_off(VoteConfig(k=1, temperature=0.1))
+
+
+def staged(
+    gold: str | None,
+    knn: tuple[str, float],
+    head: tuple[str, float, float],
+    first: tuple[str, float],
+) -> StagedPoint:
+    """A calibration prompt from (route, similarity), (route, probability, similarity) and
+    (route, probability) of the kNN vote, the stage-2 head and the stage-1 head."""
+
+    def scores(route: str, p: float) -> dict[str, float]:
+        other = "b" if route != "b" else "a"
+        return {route: p, other: 1.0 - p}
+
+    head_route, head_p, head_sim = head
+    return StagedPoint(
+        gold=gold,
+        knn=vote([Neighbour(knn[0], knn[1], None)], LOOSE),
+        head=head_vote(
+            scores(head_route, head_p),
+            [Neighbour(head_route, head_sim, None)],
+            LOOSE,
+            stage=STAGE_MODEL,
+            min_probability=0.0,
+        ),
+        stage1=head_vote(scores(*first), [], LOOSE, stage=STAGE_STATIC, min_probability=0.0),
+    )
+
+
+STAGED = (
+    # In scope: the head is right on all eight, the kNN vote on six; stage 1 is sure and
+    # right on four, sure (0.82) and wrong on one, unsure on the rest.
+    [staged("a", ("a", 0.9), ("a", 0.9, 0.9), ("a", 0.99)) for _ in range(4)]
+    + [staged("a", ("b", 0.9), ("a", 0.8, 0.8), ("b", 0.82))]
+    + [staged("b", ("a", 0.8), ("b", 0.7, 0.8), ("b", 0.6))]
+    + [staged("b", ("b", 0.9), ("b", 0.9, 0.9), ("b", 0.55)) for _ in range(2)]
+    # Out of scope: the head and kNN claim them at low similarity; stage 1 is sure of one.
+    + [staged(None, ("a", 0.3), ("a", 0.6, 0.3), ("a", 0.6)) for _ in range(3)]
+    + [staged(None, ("b", 0.35), ("b", 0.55, 0.35), ("b", 0.9))]
+)
+
+
+def test_stages_pick_the_more_accurate_decider_and_the_lowest_safe_gate() -> None:
+    choice = choose_stages(STAGED, VoteConfig(k=1), target_recall=1.0, confidence=0.5)
+    assert choice.decider == "head" and choice.head_accuracy == 1.0
+    assert choice.knn_accuracy == pytest.approx(6 / 8)
+    assert choice.thresholds.oos_recall == 1.0
+    # Alone, stage 1 must refuse the out-of-scope prompt it is sure of (0.9) to reach the
+    # recall: its threshold is just above 0.9, and no lower gate means anything.
+    assert choice.stage1_threshold == 0.9001 and choice.stage1_alone == (0.5, 1.0)
+    assert choice.stage1_gate == 0.9001
+    assert choice.stage1_share == pytest.approx(4 / 12)
+    assert (choice.accuracy, choice.oos_recall) == (1.0, 1.0)
+    settings = choice.settings()
+    assert settings["decider"] == "head" and settings["stage1_gate"] == 0.9001
+
+
+def test_stages_honour_a_loss_budget_a_forced_decider_and_no_gate() -> None:
+    strict = choose_stages(STAGED, VoteConfig(k=1), target_recall=0.5, confidence=0.5)
+    lenient = choose_stages(
+        STAGED, VoteConfig(k=1), target_recall=0.5, confidence=0.5, max_stage1_loss=0.2
+    )
+    # Without a loss budget the wrong-but-sure 0.82 must stay on stage 2; with one it may go.
+    assert strict.stage1_gate == 0.85 and strict.accuracy == 1.0
+    assert lenient.stage1_gate is not None and lenient.stage1_gate < 0.82
+    assert lenient.stage1_share > strict.stage1_share and lenient.accuracy < 1.0
+    knn = choose_stages(STAGED, VoteConfig(k=1), target_recall=1.0, confidence=0.5, decider="knn")
+    assert knn.decider == "knn" and knn.head_threshold == 0.0
+    off = choose_stages(STAGED, VoteConfig(k=1), target_recall=1.0, confidence=0.5, gate=None)
+    assert off.stage1_gate is None and off.stage1_share == 0.0
+    assert off.stage1_threshold is not None  # still chosen: overload needs it
+    given = choose_stages(STAGED, VoteConfig(k=1), target_recall=0.5, confidence=0.5, gate=0.6)
+    assert given.stage1_gate == 0.6 and given.accuracy < 1.0  # taken as given, at a cost
+
+
+def test_stages_without_heads_keep_the_knn_vote() -> None:
+    bare = [StagedPoint(gold=p.gold, knn=p.knn) for p in STAGED]
+    choice = choose_stages(bare, VoteConfig(k=1), target_recall=1.0, confidence=0.5)
+    assert choice.decider == "knn" and choice.stage1_threshold is None
+    assert "stage1_gate" not in choice.settings()
+    with pytest.raises(ConfigError, match="head"):
+        choose_stages(bare, VoteConfig(k=1), target_recall=1.0, confidence=0.5, decider="head")
+
+
+def test_calibrate_command_chooses_the_stages_from_cross_validation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows: list[dict[str, object]] = []
+    for i, (greeting, proof, chatter) in enumerate(
+        zip(
+            ["hello there", "hi friend", "good morning", "hey thanks"] * 5,
+            ["prove the theorem", "formal proof of the lemma", "prove the bound"] * 7,
+            ["weather on mars", "the moon today", "what is the weather"] * 7,
+            strict=False,
+        )
+    ):
+        rows.append({"text": f"{greeting} {'friend ' * (i % 3)}", "route": "small"})
+        rows.append({"text": f"{proof} {'rigorously ' * (i % 3)}", "route": "frontier"})
+        rows.append({"text": f"{chatter} {'today ' * (i % 3)}", "route": None})
+    exemplars = write_jsonl(tmp_path / "ex.jsonl", rows)
+    settings = tmp_path / "settings.yaml"
+    tokenizer = write_word_tokenizer(tmp_path / "tokenizer.json")
+    argv = ["--exemplars", str(exemplars), "--settings", str(settings), "--quiet", "--k", "3"]
+    argv += ["--target-oos-recall", "0.5", "--confidence", "0.5", "--data-dir", str(tmp_path)]
+    run = run_command_with_fake_teacher(
+        calibrate.configure, calibrate.run, argv, monkeypatch, tokenizer
+    )
+    assert run == 0
+    section = yaml.safe_load(settings.read_text())["classifier"]
+    assert section["decider"] in ("knn", "head")
+    assert 0.0 <= section["stage1_threshold"] <= 1.0
+    assert section["stage1_gate"] is None or 0.5 <= section["stage1_gate"] <= 1.0
+    assert "stage 1: threshold" in capsys.readouterr().out
+    assert isinstance(TokenHashEmbedder(tokenizer).fingerprint, str)
+    assert OUT_OF_SCOPE not in section.get("route_thresholds", {})

@@ -7,9 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.cli import evaluate
+from sidecar.cli import evaluate, index_build
 from sidecar.errors import ConfigError
-from tests.fakes import run_command_with_fake_embedder, write_jsonl
+from tests.fakes import (
+    run_command_with_fake_embedder,
+    run_command_with_fake_teacher,
+    write_jsonl,
+    write_word_tokenizer,
+)
 
 
 def _eval(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
@@ -88,3 +93,88 @@ def test_eval_refuses_contradictory_sources(
         _eval(["--test", str(path)], monkeypatch)
     with pytest.raises(ConfigError, match="--test is required"):
         _eval(["--exemplars", str(path)], monkeypatch)
+
+
+def _two_route_rows() -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for i in range(12):
+        pad = "friend " * (i % 3)
+        rows.append({"text": f"{['hello there', 'good morning', 'hi thanks'][i % 3]} {pad}",
+                     "route": "small", "output_tokens": 20})  # fmt: skip
+        rows.append({"text": f"{['prove the theorem', 'formal proof'][i % 2]} {pad}",
+                     "route": "frontier", "output_tokens": 900})  # fmt: skip
+    return rows
+
+
+@pytest.mark.parametrize("mode", ["gate", "only", "off"])
+def test_eval_runs_the_two_stages_and_reports_them(
+    mode: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    exemplars = write_jsonl(tmp_path / "ex.jsonl", _two_route_rows())
+    test = write_jsonl(
+        tmp_path / "test.jsonl",
+        [{"text": "hello there friend", "route": "small"},
+         {"text": "formal proof of the theorem", "route": "frontier"}],
+    )  # fmt: skip
+    argv = ["--exemplars", str(exemplars), "--test", str(test), "--json", "--quiet", "--k", "3"]
+    argv += ["--stage1", mode, "--stage1-gate", "0.6", "--data-dir", str(tmp_path)]
+    tokenizer = write_word_tokenizer(tmp_path / "tokenizer.json")
+    assert (
+        run_command_with_fake_teacher(
+            evaluate.configure, evaluate.run, argv, monkeypatch, tokenizer
+        )
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    stages = report["stages"]
+    assert report["classification"]["accuracy"] == 1.0
+    assert report["classifier"]["stage1_gate"] == 0.6
+    assert ("stage1" in report["index"]["heads"]) == (mode != "off")  # off: none is fitted
+    expected_share = {"only": 1.0, "off": 0.0}.get(mode)
+    if expected_share is not None:
+        assert stages["stage1_share"] == expected_share
+    if mode == "off":
+        assert stages["stage1_us_per_prompt"] is None
+    else:
+        assert stages["stage1_us_per_prompt"] > 0 and stages["stage1_accuracy"] == 1.0
+
+
+def test_eval_stage1_only_needs_a_stage1_head(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exemplars = write_jsonl(tmp_path / "ex.jsonl", _two_route_rows())
+    test = write_jsonl(tmp_path / "test.jsonl", [{"text": "hello there", "route": "small"}])
+    argv = ["--exemplars", str(exemplars), "--test", str(test), "--quiet", "--stage1", "only"]
+    with pytest.raises(ConfigError, match="stage-1 head"):
+        _eval(argv, monkeypatch)  # the hash embedder cannot teach a static table
+    with pytest.raises(ConfigError, match="--stage1-gate"):
+        _eval([*argv[:-2], "--stage1-gate", "sometimes"], monkeypatch)
+
+
+def test_index_build_fits_and_reports_both_heads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exemplars = write_jsonl(tmp_path / "ex.jsonl", _two_route_rows())
+    tokenizer = write_word_tokenizer(tmp_path / "tokenizer.json")
+    out = tmp_path / "index"
+    argv = [str(exemplars), "-o", str(out), "--quiet", "--data-dir", str(tmp_path)]
+    assert (
+        run_command_with_fake_teacher(
+            index_build.configure, index_build.run, argv, monkeypatch, tokenizer
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "stage 1 head: l2" in printed and "stage 2 head: l2" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["heads.npz", "index.faiss", "meta.json"]
+    argv.append("--no-heads")
+    assert (
+        run_command_with_fake_teacher(
+            index_build.configure, index_build.run, argv, monkeypatch, tokenizer
+        )
+        == 0
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["index.faiss", "meta.json"]

@@ -9,12 +9,16 @@ import pytest
 
 from sidecar.config.validation import validate
 from sidecar.core.vote import (
+    LOW_PROBABILITY,
     OUT_OF_SCOPE,
     SHED,
+    STAGE_MODEL,
+    STAGE_STATIC,
     Neighbour,
     TwoModel,
     VoteConfig,
     abstention,
+    head_vote,
     need_from_scores,
     vote,
 )
@@ -183,3 +187,69 @@ def test_config_validation_roundtrips_a_dump() -> None:
     assert _config(dataclasses.asdict(config)) == config
     assert config.threshold_for("a") == 0.45
     assert config.threshold_for("b") == 0.4
+
+
+def test_config_validation_of_the_stage_keys() -> None:
+    with pytest.raises(ConfigError, match=r"classifier\.decider"):
+        _config({"decider": "forest"})
+    with pytest.raises(ConfigError, match=r"classifier\.stage1_gate: 0\.0 is not in"):
+        _config({"stage1_gate": 0})
+    with pytest.raises(ConfigError, match=r"classifier\.head_threshold: 1\.5 is not in"):
+        _config({"head_threshold": 1.5})
+    config = _config({"decider": "head", "stage1_gate": None, "stage1_threshold": 0.4})
+    assert (config.decider, config.stage1_gate, config.stage1_threshold) == ("head", None, 0.4)
+    assert _config(dataclasses.asdict(config)) == config
+
+
+def test_a_vote_names_its_stage() -> None:
+    assert vote([n("a", 0.9)], FLAT).stage == STAGE_MODEL
+    assert vote([n("a", 0.9)], FLAT, stage=STAGE_STATIC).stage == STAGE_STATIC
+    assert vote([], FLAT).stage == STAGE_MODEL
+    assert abstention(SHED).stage is None and not abstention(SHED).overloaded
+
+
+HEAD = VoteConfig(k=10, threshold=0.5, route_thresholds={"b": 0.8})
+
+
+@pytest.mark.parametrize(
+    ("scores", "neighbours", "minimum", "route", "reason"),
+    [
+        ({"a": 0.7, "b": 0.3}, [n("a", 0.6, 100)], 0.0, "a", None),
+        ({"a": 0.7, "b": 0.3}, [n("a", 0.6)], 0.8, None, LOW_PROBABILITY),
+        ({OUT_OF_SCOPE: 0.6, "a": 0.4}, [n("a", 0.9)], 0.0, None, "out_of_scope"),
+        ({"b": 0.9, "a": 0.1}, [n("b", 0.7)], 0.0, None, "below_threshold"),  # b needs 0.8
+        ({"a": 0.9, "b": 0.1}, [n("b", 0.99)], 0.0, None, "below_threshold"),  # no a nearby
+        ({"a": 0.9}, [], 0.0, "a", None),  # stage 1: no similarity check
+    ],
+)
+def test_head_vote_applies_the_vote_checks(
+    scores: dict[str, float],
+    neighbours: list[Neighbour],
+    minimum: float,
+    route: str | None,
+    reason: str | None,
+) -> None:
+    verdict = head_vote(scores, neighbours, HEAD, stage=STAGE_MODEL, min_probability=minimum)
+    assert (verdict.route, verdict.abstain_reason) == (route, reason)
+    assert verdict.confidence == max(scores.values())
+    assert verdict.scores == scores and verdict.neighbours == tuple(neighbours)
+
+
+def test_head_vote_margin_lengths_and_two_model() -> None:
+    tight = dataclasses.replace(HEAD, threshold=-1.0, min_margin=0.3)
+    low = head_vote({"a": 0.6, "b": 0.4}, [], tight, stage=STAGE_STATIC, min_probability=0.0)
+    assert low.abstain_reason == "low_margin" and low.margin == pytest.approx(0.2)
+    first = head_vote(
+        {"a": 1.0}, [], HEAD, stage=STAGE_STATIC, min_probability=0, output_tokens=42.0,
+        overloaded=True,
+    )  # fmt: skip
+    assert first.predicted_output_tokens == 42.0 and first.overloaded
+    assert first.best_similarity == -1.0 and first.threshold == -1.0
+    second = head_vote({"a": 1.0}, [n("a", 0.9, 10)], HEAD, stage=STAGE_MODEL, min_probability=0)
+    assert second.predicted_output_tokens == 10  # from the neighbours, as the vote does
+    two = dataclasses.replace(HEAD, threshold=-1.0, two_model=TwoModel(need_threshold=0.6))
+    need = head_vote(
+        {"strong": 0.5, "weak": 0.2, "tie": 0.3}, [], two, stage=STAGE_STATIC, min_probability=0
+    )
+    assert need.need_score == pytest.approx(0.65) and need.route == "strong"
+    assert head_vote({}, [], HEAD, stage=1, min_probability=0).abstain_reason == "no_scores"
