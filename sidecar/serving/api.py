@@ -39,6 +39,10 @@ def to_proto(routed: Routed) -> router_pb2.DecideResponse:
                 tier=c.tier,
                 expected_cost_usd=c.expected_cost_usd,
                 chosen=c.cluster == decision.upstream,
+                expected_latency_s=c.expected_latency_s,
+                healthy=c.healthy,
+                queue_waiting=c.queue_waiting,
+                notes=c.notes,
             )
             for c in decision.candidates
         ],

@@ -108,3 +108,8 @@ def test_decide_explains_the_queues_it_used(live_stack: LocalStack) -> None:
         body = httpx.Request("POST", "/", json=BODY).read()
         reply = stub.Decide(router_pb2.DecideRequest(body=body), timeout=10)
     assert "sim-mid-a: 0 waiting" in reply.explanation.reason
+    candidates = {c.cluster: c for c in reply.explanation.candidates}
+    mid_a = candidates["sim-mid-a"]
+    assert mid_a.chosen and mid_a.healthy and mid_a.HasField("queue_waiting")
+    assert mid_a.queue_waiting == 0 and mid_a.notes[0].startswith("0 waiting (")
+    assert mid_a.expected_latency_s > 0
