@@ -190,7 +190,7 @@ def test_a_killed_sidecar_is_restarted_while_envoy_fails_open(tmp_path: Path) ->
     stack = start_stack(tmp_path, sidecar_args=("--no-semantic",))
     supervisor = Supervisor(stack, RestartPolicy(time.monotonic))
     try:
-        assert route_of(stack.base_url) != "fallback"
+        wait_for(lambda: route_of(stack.base_url) != "fallback", "decisions before the kill")
         killed = stack.processes["sidecar"]
         killed.send_signal(signal.SIGKILL)
         killed.wait(10)
@@ -239,9 +239,13 @@ def test_envoy_and_a_simulator_are_restarted_and_the_workdir_goes() -> None:
         # A new Envoy opens a new ext_proc connection; on a busy machine its first
         # request may miss the 200 ms message timeout and fall back. Decisions resume.
         wait_for(lambda: route_of(stack.base_url) != "fallback", "decisions through new Envoy")
-        # The restarted simulator appended to its predecessor's log.
-        log = (workdir / "sim-mid-a.log").read_text()
-        assert log.count("simulator sim-mid-a serving") == 2
+        # The restarted simulator appended to its predecessor's log (it writes the line
+        # just after it starts answering, so wait for it rather than race it).
+        log = workdir / "sim-mid-a.log"
+        wait_for(
+            lambda: log.read_text().count("simulator sim-mid-a serving") == 2,
+            "the restarted simulator's log line",
+        )
     finally:
         stack.stop()
     assert not workdir.exists()
@@ -336,7 +340,8 @@ def _sidecar_pid(command: StackCommand) -> int | None:
 
 def test_the_stack_command_restarts_a_killed_sidecar(stack_command: StackCommand) -> None:
     base_url = stack_command.stack.base_url
-    assert route_of(base_url) != "fallback"
+    # A cold ext_proc connection may miss the 200 ms timeout on a busy machine.
+    wait_for(lambda: route_of(base_url) != "fallback", "decisions from the first sidecar")
     sidecar = _sidecar_pid(stack_command)
     assert sidecar is not None
     os.kill(sidecar, signal.SIGKILL)
