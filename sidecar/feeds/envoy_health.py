@@ -22,8 +22,6 @@ ClientSession, a timeout on every call, a longer pause after each failure.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -36,6 +34,7 @@ from sidecar.config.envoy import admin_address
 from sidecar.config.settings import EnvoyHealthSettings
 from sidecar.core.catalogue import Catalogue
 from sidecar.core.decision import ProviderSnapshot, ProviderState
+from sidecar.feeds.poller import Poller
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +115,7 @@ def next_poll_in(failures: int, interval_s: float) -> float:
     return min(max(interval_s, BACKOFF_CAP_S), interval_s * 2.0**failures)
 
 
-class EnvoyHealthFeed:
+class EnvoyHealthFeed(Poller):
     """Polls Envoy's admin `/clusters` and serves the latest trusted `ProviderSnapshot`."""
 
     def __init__(
@@ -129,16 +128,14 @@ class EnvoyHealthFeed:
         max_age_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__("envoy-health-feed", timeout_s=timeout_s)
         self.url = url
         self._providers = tuple(providers)
         self._interval_s = interval_s
-        self._timeout_s = timeout_s
         self._max_age_s = max_age_s
         self._clock = clock
         self._reading: HealthReading | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        self._failures = 0
 
     def snapshot(self) -> ProviderSnapshot:
         """What the router decides by now: Envoy's latest reading while it is fresh."""
@@ -147,27 +144,12 @@ class EnvoyHealthFeed:
 
     async def start(self) -> None:
         """Begin polling in the background."""
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout_s))
-        self._task = asyncio.create_task(self._run(), name="envoy-health-feed")
+        await super().start()
         log.info("reading provider health from Envoy at %s every %.1fs", self.url, self._interval_s)
-
-    async def stop(self) -> None:
-        """Stop polling and close the session."""
-        # The flag, not only the cancel: aiohttp turns a cancel that meets its own timeout
-        # into a TimeoutError, which the loop takes for a failed poll.
-        self._stopping.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._session is not None:
-            await self._session.close()
 
     async def poll(self) -> HealthReading:
         """Read Envoy's admin once and keep the reading; raises on any failure."""
-        if self._session is None:
-            raise RuntimeError("EnvoyHealthFeed.poll before start")
-        async with self._session.get(self.url) as response:
+        async with self.session.get(self.url) as response:
             response.raise_for_status()
             body = await response.read()
         # A few kB per provider cluster: parsing it on the loop costs well under a ms.
@@ -176,30 +158,26 @@ class EnvoyHealthFeed:
         self._reading = reading
         return reading
 
-    async def _run(self) -> None:
-        failures = 0
-        while not self._stopping.is_set():
-            try:
-                await self.poll()
-            except (aiohttp.ClientError, TimeoutError, ValueError) as error:
-                failures += 1
-                if failures == 1:
-                    # Before any reading this is Envoy still starting: not worth a warning.
-                    level = logging.INFO if self._reading is None else logging.WARNING
-                    log.log(
-                        level,
-                        "cannot read provider health from Envoy at %s (%s); what it last "
-                        "said counts for %.0fs after it was read",
-                        self.url, str(error) or type(error).__name__, self._max_age_s,
-                    )  # fmt: skip
-            else:
-                if failures:
-                    log.info("reading provider health from Envoy again at %s", self.url)
-                failures = 0
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._stopping.wait(), next_poll_in(failures, self._interval_s)
-                )
+    async def tick(self) -> float:
+        """Poll once; the next poll is due after the interval, or a backoff on failure."""
+        try:
+            await self.poll()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+            self._failures += 1
+            if self._failures == 1:
+                # Before any reading this is Envoy still starting: not worth a warning.
+                level = logging.INFO if self._reading is None else logging.WARNING
+                log.log(
+                    level,
+                    "cannot read provider health from Envoy at %s (%s); what it last "
+                    "said counts for %.0fs after it was read",
+                    self.url, str(error) or type(error).__name__, self._max_age_s,
+                )  # fmt: skip
+        else:
+            if self._failures:
+                log.info("reading provider health from Envoy again at %s", self.url)
+            self._failures = 0
+        return next_poll_in(self._failures, self._interval_s)
 
     def _report_changes(self, reading: HealthReading) -> None:
         before = self._reading.unhealthy if self._reading is not None else frozenset()

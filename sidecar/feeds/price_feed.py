@@ -9,7 +9,6 @@ then the static prices of the Envoy YAML apply again and the explanation says so
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ import yaml
 
 from sidecar.core.catalogue import Catalogue, Price
 from sidecar.feeds.live import LiveBoard
+from sidecar.feeds.poller import Poller
 from sidecar.feeds.prices import match_providers, parse_openrouter, parse_table
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def parse_price_document(document: object, catalogue: Catalogue) -> dict[str, Pr
     return match_providers(parse_table(document), catalogue)
 
 
-class PriceFeed:
+class PriceFeed(Poller):
     """Reads a price list every `interval_s` and records it on the board."""
 
     def __init__(
@@ -43,38 +43,22 @@ class PriceFeed:
         interval_s: float,
         timeout_s: float,
     ) -> None:
+        super().__init__("price-feed", timeout_s=timeout_s)
         self._board = board
         self._catalogue = catalogue
         self._source = source
         self._interval_s = interval_s
-        self._timeout_s = timeout_s
         self._failing = False
-        self._session: aiohttp.ClientSession | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         """Begin reading in the background."""
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout_s))
-        self._task = asyncio.create_task(self._run(), name="price-feed")
+        await super().start()
         log.info("reading prices from %s every %.0fs", self._source, self._interval_s)
-
-    async def stop(self) -> None:
-        """Stop reading and close the session."""
-        self._stopping.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._session is not None:
-            await self._session.close()
 
     async def read_once(self) -> dict[str, Price]:
         """Read the source once and record what it says; raises on any failure."""
         if self._source.startswith(("http://", "https://")):
-            if self._session is None:
-                raise RuntimeError("PriceFeed.read_once before start")
-            async with self._session.get(self._source) as response:
+            async with self.session.get(self._source) as response:
                 response.raise_for_status()
                 text = await response.text()
         else:
@@ -83,18 +67,17 @@ class PriceFeed:
         self._board.record_prices(prices, "price feed")
         return prices
 
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.read_once()
-            except (aiohttp.ClientError, TimeoutError, OSError, ValueError, yaml.YAMLError) as e:
-                if not self._failing:
-                    log.warning("cannot read prices from %s: %s; the last list ages out, "
-                                "then static prices apply", self._source, e)  # fmt: skip
-                self._failing = True
-            else:
-                if self._failing:
-                    log.info("reading prices from %s again", self._source)
-                self._failing = False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._interval_s)
+    async def tick(self) -> float:
+        """Read the list once (a failure keeps the last one); the next read after the interval."""
+        try:
+            await self.read_once()
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError, yaml.YAMLError) as e:
+            if not self._failing:
+                log.warning("cannot read prices from %s: %s; the last list ages out, "
+                            "then static prices apply", self._source, e)  # fmt: skip
+            self._failing = True
+        else:
+            if self._failing:
+                log.info("reading prices from %s again", self._source)
+            self._failing = False
+        return self._interval_s

@@ -11,7 +11,6 @@ scrape M servers N x M times.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import aiohttp
 from sidecar.core.catalogue import Catalogue
 from sidecar.feeds.engines import LOAD_METRICS, LoadMetrics, parse_load
 from sidecar.feeds.live import LiveBoard
+from sidecar.feeds.poller import Poller
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def scrape_targets(catalogue: Catalogue) -> tuple[ScrapeTarget, ...]:
     )
 
 
-class LoadScraper:
+class LoadScraper(Poller):
     """Reads each target's load every `interval_s` and records it on the board."""
 
     def __init__(
@@ -54,41 +54,29 @@ class LoadScraper:
         interval_s: float,
         timeout_s: float,
     ) -> None:
+        super().__init__("load-scraper", timeout_s=timeout_s)
         self._board = board
         self._targets = tuple(targets)
         self._interval_s = interval_s
-        self._timeout_s = timeout_s
         self._failing: set[str] = set()
-        self._session: aiohttp.ClientSession | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         """Begin scraping in the background."""
-        timeout = aiohttp.ClientTimeout(total=self._timeout_s)
-        self._session = aiohttp.ClientSession(timeout=timeout)
-        self._task = asyncio.create_task(self._run(), name="load-scraper")
+        await super().start()
         log.info("scraping load of %d providers every %.1fs", len(self._targets), self._interval_s)
 
-    async def stop(self) -> None:
-        """Stop scraping and close the session."""
-        self._stopping.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._session is not None:
-            await self._session.close()
+    async def tick(self) -> float:
+        """Scrape every target once; the next round is due after the interval."""
+        await self.scrape_once()
+        return self._interval_s
 
     async def scrape_once(self) -> None:
         """Read every target once, concurrently."""
         await asyncio.gather(*(self._scrape(target) for target in self._targets))
 
     async def _scrape(self, target: ScrapeTarget) -> None:
-        if self._session is None:
-            raise RuntimeError("LoadScraper.scrape_once before start")
         try:
-            async with self._session.get(target.url) as response:
+            async with self.session.get(target.url) as response:
                 response.raise_for_status()
                 text = await response.text()
             sample = parse_load(text, target.metrics)
@@ -102,9 +90,3 @@ class LoadScraper:
             self._failing.discard(target.cluster)
             log.info("reading the load of %s again", target.cluster)
         self._board.record_load(target.cluster, sample)
-
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            await self.scrape_once()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._interval_s)
