@@ -218,34 +218,16 @@ def vote(
     margin = scores[winner] - runner_up
     threshold = config.threshold_for(winner)
 
-    predicted_tokens = _weighted_tokens(neighbours, weights)
-
-    reason: str | None = None
-    if winner == OUT_OF_SCOPE:
-        reason = "out_of_scope"
-    elif closest[winner] < threshold:
-        reason = "below_threshold"
-    elif margin < config.min_margin:
-        reason = "low_margin"
-
-    route: str | None = winner if reason is None else None
-    need = None
-    if config.two_model is not None:
-        tm = config.two_model
-        need = need_from_scores(scores, tm)
-        if route is not None:
-            route = tm.strong if need >= tm.need_threshold else tm.weak
-    return RouteVerdict(
-        route=route,
-        scores=scores,
-        confidence=scores[winner],
-        best_similarity=closest[winner],
-        margin=margin,
+    return _verdict(
+        winner,
+        scores,
+        closest=closest[winner],
         threshold=threshold,
-        abstain_reason=reason,
-        neighbours=tuple(neighbours),
-        predicted_output_tokens=predicted_tokens,
-        need_score=need,
+        margin=margin,
+        min_probability=0.0,
+        neighbours=neighbours,
+        predicted=_weighted_tokens(neighbours, weights),
+        config=config,
         stage=stage,
     )
 
@@ -280,6 +262,37 @@ def head_vote(
     else:
         closest, threshold, predicted = -1.0, -1.0, output_tokens
 
+    return _verdict(
+        winner,
+        probabilities,
+        closest=closest,
+        threshold=threshold,
+        margin=margin,
+        min_probability=min_probability,
+        neighbours=neighbours,
+        predicted=predicted,
+        config=config,
+        stage=stage,
+        overloaded=overloaded,
+    )
+
+
+def _verdict(
+    winner: str,
+    scores: Mapping[str, float],
+    *,
+    closest: float,
+    threshold: float,
+    margin: float,
+    min_probability: float,
+    neighbours: Sequence[Neighbour],
+    predicted: float | None,
+    config: VoteConfig,
+    stage: int,
+    overloaded: bool = False,
+) -> RouteVerdict:
+    """The checks every winner must pass, the two-model mapping, and the verdict."""
+    confidence = scores[winner]
     reason: str | None = None
     if winner == OUT_OF_SCOPE:
         reason = "out_of_scope"
@@ -293,12 +306,12 @@ def head_vote(
     need = None
     if config.two_model is not None:
         tm = config.two_model
-        need = need_from_scores(probabilities, tm)
+        need = need_from_scores(scores, tm)
         if route is not None:
             route = tm.strong if need >= tm.need_threshold else tm.weak
     return RouteVerdict(
         route=route,
-        scores=probabilities,
+        scores=scores,
         confidence=confidence,
         best_similarity=closest,
         margin=margin,
