@@ -8,7 +8,7 @@ operator edits one file to add a provider.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,6 +19,7 @@ from sidecar.core.catalogue import Catalogue, Engine, Price, Provider
 from sidecar.errors import ConfigError
 
 METADATA_KEY = "inference_router"
+EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 
 
 class _PriceModel(BaseModel):
@@ -128,16 +129,13 @@ def ext_proc_max_message_timeout_s(config: Mapping[str, object]) -> float:
     The sidecar may ask Envoy for this much time on a message it cannot answer within
     `message_timeout` (a body of several MiB); asking for more makes Envoy ignore the ask.
     """
-    for node in _mappings(config):
+    for node in walk_mappings(config):
         if node.get("name") != EXT_PROC_FILTER:
             continue
         typed = node.get("typed_config")
         raw = typed.get("max_message_timeout") if isinstance(typed, Mapping) else None
         return _duration_s(raw) if raw is not None else 0.0
     return 0.0
-
-
-EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 
 
 def _duration_s(raw: object) -> float:
@@ -152,15 +150,12 @@ def _duration_s(raw: object) -> float:
     raise ConfigError(f"ext_proc max_message_timeout: {raw!r} is not a duration like '2s'")
 
 
-def _mappings(node: object) -> list[Mapping[str, object]]:
-    """Every mapping inside a parsed YAML document, depth first."""
-    found: list[Mapping[str, object]] = []
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        if isinstance(current, Mapping):
-            found.append(current)
-            stack.extend(current.values())
-        elif isinstance(current, list):
-            stack.extend(current)
-    return found
+def walk_mappings(node: object) -> Iterator[dict[str, object]]:
+    """Every mapping inside a parsed YAML document, in document order (parents first)."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from walk_mappings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from walk_mappings(value)

@@ -22,14 +22,19 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import yaml
 
-from sidecar.config.envoy import catalogue_from_envoy_config, load_envoy_yaml
+from sidecar.config.envoy import (
+    EXT_PROC_FILTER,
+    catalogue_from_envoy_config,
+    load_envoy_yaml,
+    walk_mappings,
+)
 from sidecar.core.catalogue import Catalogue
 from sidecar.devstack.processes import (
     check_ports_free,
@@ -86,21 +91,11 @@ class StackPorts:
         )
 
 
-def _walk(node: object) -> Iterator[dict[str, object]]:
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from _walk(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _walk(value)
-
-
 def render_config(config: Mapping[str, object], ports: StackPorts) -> dict[str, object]:
     """A copy of an Envoy config with the local stack's ports substituted."""
     rendered: dict[str, object] = copy.deepcopy(dict(config))
     admin = rendered.get("admin")
-    for node in _walk(admin):
+    for node in walk_mappings(admin):
         if "port_value" in node:
             node["port_value"] = ports.admin
     static = rendered.get("static_resources")
@@ -113,7 +108,7 @@ def render_config(config: Mapping[str, object], ports: StackPorts) -> dict[str, 
         port = ports.sidecar if name == SIDECAR_CLUSTER else ports.providers.get(name)
         if port is None:
             continue
-        for node in _walk(cluster.get("load_assignment")):
+        for node in walk_mappings(cluster.get("load_assignment")):
             if "port_value" in node:
                 node["port_value"] = port
         meta = cluster.get("metadata", {}).get("filter_metadata", {}).get("inference_router")
@@ -124,8 +119,8 @@ def render_config(config: Mapping[str, object], ports: StackPorts) -> dict[str, 
 
 def set_fail_open(config: dict[str, object], fail_open: bool) -> None:
     """Flip the ext_proc filter between fail-open and fail-closed, in place."""
-    for node in _walk(config):
-        if node.get("name") == "envoy.filters.http.ext_proc" and "typed_config" in node:
+    for node in walk_mappings(config):
+        if node.get("name") == EXT_PROC_FILTER and "typed_config" in node:
             typed = node["typed_config"]
             if isinstance(typed, dict):
                 typed["failure_mode_allow"] = fail_open
