@@ -104,7 +104,7 @@ def _chat_text(messages: object) -> tuple[str, int]:
     for position, message in enumerate(messages):
         param = f"messages[{position}]"
         if not isinstance(message, dict):
-            raise _invalid(param, f"must be an object, not {_json_type(message)}")
+            raise _invalid(param, f"must be an object, not {json_type(message)}")
         role = message.get("role")
         if not isinstance(role, str) or role not in _ROLES:
             raise _invalid(f"{param}.role", f"must be one of {', '.join(sorted(_ROLES))}")
@@ -166,7 +166,8 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _json_type(value: object) -> str:
+def json_type(value: object) -> str:
+    """How an error message names a decoded JSON value's type: "an array", "null", ..."""
     names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
     if value is None:
         return "null"

@@ -162,11 +162,16 @@ def _read_bytes(path: Path, what: str) -> bytes:
         raise EmbedderError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
 
 
-def _load_tokenizer(path: Path, max_tokens: int) -> Tokenizer:
+def read_tokenizer(path: Path) -> Tokenizer:
+    """A HF `tokenizer.json` as it is on disk; EmbedderError names a file that is not one."""
     try:
-        tokenizer = Tokenizer.from_file(str(path))
+        return Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
         raise EmbedderError(f"tokenizer {path} is not a valid tokenizer.json: {exc}") from exc
+
+
+def _load_tokenizer(path: Path, max_tokens: int) -> Tokenizer:
+    tokenizer = read_tokenizer(path)
     # The file may carry its own fixed padding/truncation (MiniLM's pads to 128): replace
     # both, so batches pad only to their longest member.
     padding = tokenizer.padding or {}

@@ -48,6 +48,7 @@ from tokenizers import Tokenizer
 from sidecar.config.files import write_atomically
 from sidecar.errors import EmbedderError
 from sidecar.semantic.corpus import ProgressBar
+from sidecar.semantic.embedder import read_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -269,10 +270,7 @@ class StaticEmbedder:
 
 def _plain_tokenizer(path: Path, *, max_tokens: int | None) -> Tokenizer:
     """The encoder's tokenizer without padding (and truncated to `max_tokens` if given)."""
-    try:
-        tokenizer = Tokenizer.from_file(str(path))
-    except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
-        raise EmbedderError(f"tokenizer {path} is not a valid tokenizer.json: {exc}") from exc
+    tokenizer = read_tokenizer(path)
     tokenizer.no_padding()
     if max_tokens is None:
         tokenizer.no_truncation()

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 
 import orjson
 
+from sidecar.core.request import json_type
 from sidecar.errors import RequestError
 
 # Deeper than any real request (tool schemas nest ~10 levels); orjson itself stops at 1024.
@@ -43,7 +44,7 @@ def decode_body(body: bytes) -> dict[str, object]:
         ) from None
     if not isinstance(decoded, dict):
         raise RequestError(
-            f"the request body must be a JSON object, not {_json_type(decoded)}",
+            f"the request body must be a JSON object, not {json_type(decoded)}",
             code="invalid_type",
         )
     _check_depth(decoded)
@@ -71,18 +72,6 @@ def _check_depth(value: object) -> None:
                 code="invalid_json",
             )
         stack.extend((child, depth + 1) for child in children)
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "an array" if isinstance(value, list) else type(value).__name__
 
 
 _LIBC = ctypes.util.find_library("c")
