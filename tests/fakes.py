@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import threading
@@ -244,3 +245,20 @@ class TokenHashEmbedder:
     def _pool(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         summed = self._vectors[ids].sum(axis=0)
         return np.asarray(summed / np.linalg.norm(summed), dtype=np.float32)
+
+
+class GatedPacer:
+    """Simulated time that only advances while the gate is open."""
+
+    def __init__(self, *, open_: bool = True) -> None:
+        self.gate = asyncio.Event()
+        if open_:
+            self.gate.set()
+        self._now = 0.0
+
+    def now(self) -> float:
+        return self._now
+
+    async def sleep_until(self, deadline: float) -> None:
+        await self.gate.wait()
+        self._now = max(self._now, deadline)

@@ -106,11 +106,6 @@ class LiveBoard:
         self._loads: dict[str, LoadReading] = {}
         self._prices: PriceReading | None = None
 
-    @property
-    def clock(self) -> Callable[[], float]:
-        """The board's clock; feeds stamp their readings with it."""
-        return self._clock
-
     def record_load(self, cluster: str, sample: LoadSample) -> None:
         """A fresh load reading of one provider."""
         self._loads[cluster] = LoadReading(sample, self._clock())

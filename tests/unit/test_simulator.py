@@ -25,26 +25,10 @@ from sidecar.simulator.errors import ApiError, SimulatorConfigError
 from sidecar.simulator.load import AdmissionGate, QueueFullError
 from sidecar.simulator.protocol import parse_chat_request, parse_text_request
 from sidecar.simulator.server import LoopPacer, Pacer, due_tokens, start
+from tests.fakes import GatedPacer
 
 MODEL = "sim-model"
 WAIT_LIMIT_S = 10.0
-
-
-class GatedPacer:
-    """Simulated time that only advances while the gate is open."""
-
-    def __init__(self, *, open_: bool = True) -> None:
-        self.gate = asyncio.Event()
-        if open_:
-            self.gate.set()
-        self._now = 0.0
-
-    def now(self) -> float:
-        return self._now
-
-    async def sleep_until(self, deadline: float) -> None:
-        await self.gate.wait()
-        self._now = max(self._now, deadline)
 
 
 class Sim:

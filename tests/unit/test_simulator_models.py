@@ -19,6 +19,7 @@ from sidecar.simulator.config import SimulatorConfig
 from sidecar.simulator.control import Behaviour, check_model, updated
 from sidecar.simulator.errors import ApiError, SimulatorConfigError
 from sidecar.simulator.server import start
+from tests.fakes import GatedPacer
 
 SERVED = "llama-3.3-70b-instruct"
 WAIT_LIMIT_S = 10.0
@@ -83,26 +84,10 @@ def test_config_refuses_empty_accepted_names() -> None:
 # --- over HTTP ----------------------------------------------------------------------------
 
 
-class StepPacer:
-    """Simulated time that advances only while the gate is open."""
-
-    def __init__(self) -> None:
-        self.gate = asyncio.Event()
-        self.gate.set()
-        self._now = 0.0
-
-    def now(self) -> float:
-        return self._now
-
-    async def sleep_until(self, deadline: float) -> None:
-        await self.gate.wait()
-        self._now = max(self._now, deadline)
-
-
 class Sim:
     """A running simulator on a loopback port, its pacer, and a session to talk to it."""
 
-    def __init__(self, session: aiohttp.ClientSession, base: str, pacer: StepPacer) -> None:
+    def __init__(self, session: aiohttp.ClientSession, base: str, pacer: GatedPacer) -> None:
         self.session = session
         self.base = base
         self.pacer = pacer
@@ -134,7 +119,7 @@ class Sim:
 @pytest.fixture
 async def sim() -> AsyncIterator[Sim]:
     config = SimulatorConfig(name="sim-x", model=SERVED, check_model=True)
-    pacer = StepPacer()
+    pacer = GatedPacer()
     runner, port = await start(config, "127.0.0.1", 0, pacer=pacer)
     async with aiohttp.ClientSession() as session:
         yield Sim(session, f"http://127.0.0.1:{port}", pacer)
