@@ -1,10 +1,11 @@
-"""The composition root of the semantic engine: everything it needs, built from settings.
+"""The composition root: the semantic engine and the live feeds, built from settings.
 
 This is the one module that knows how the parts fit: which embedder the settings ask
 for, the stage-1 static embedder distilled from it, which index to load or build (cached
 in the data directory by exemplar file, index format, embedder and static table), the
 micro-batcher in front of the model, the classifier, and the watcher that hot-swaps a
-rebuilt index. Nothing below it reads settings.
+rebuilt index; and the live board with the feeds that fill it (Envoy's health view, the
+queue scrape, the price feed), each only when configured. Nothing below it reads settings.
 """
 
 from __future__ import annotations
@@ -13,11 +14,18 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from sidecar.config.settings import SemanticSettings, Settings
+from sidecar.core.catalogue import Catalogue
+from sidecar.core.decision import ProviderSnapshot
 from sidecar.errors import IndexLoadError
+from sidecar.feeds.envoy_health import health_feed
+from sidecar.feeds.live import LiveBoard
+from sidecar.feeds.poller import Poller
+from sidecar.feeds.price_feed import PriceFeed
+from sidecar.feeds.scrape import LoadScraper, scrape_targets
 from sidecar.semantic.classifier import IndexInfo, SemanticClassifier, watch_index
 from sidecar.semantic.embedder import Embedder, OnnxEmbedder
 from sidecar.semantic.exemplars import load_exemplars, shipped_exemplars
@@ -140,3 +148,39 @@ async def build_semantic(settings: Settings) -> SemanticParts | None:
         await batcher.close()
 
     return SemanticParts(classifier=classifier, reload_index=classifier.reload, close=close)
+
+
+def build_feeds(
+    settings: Settings, envoy_config: Mapping[str, object], catalogue: Catalogue
+) -> tuple[LiveBoard, tuple[Poller, ...]]:
+    """The live board the decisions read, and the feeds (not started) that fill it."""
+    source = str(settings.envoy_config)
+    health = health_feed(settings.envoy_health, envoy_config, source, catalogue)
+    board = LiveBoard(
+        catalogue,
+        max_age_s=settings.load_feed.max_age_s,
+        price_max_age_s=settings.price_feed.max_age_s,
+        health=health.snapshot if health is not None else ProviderSnapshot,
+    )
+    feeds: list[Poller] = [] if health is None else [health]
+    targets = scrape_targets(catalogue) if settings.load_feed.enabled else ()
+    if targets:
+        feeds.append(
+            LoadScraper(
+                board,
+                targets,
+                interval_s=settings.load_feed.interval_s,
+                timeout_s=settings.load_feed.timeout_s,
+            )
+        )
+    if settings.price_feed.source:
+        feeds.append(
+            PriceFeed(
+                board,
+                catalogue,
+                settings.price_feed.source,
+                interval_s=settings.price_feed.interval_s,
+                timeout_s=settings.price_feed.timeout_s,
+            )
+        )
+    return board, tuple(feeds)

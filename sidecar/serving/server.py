@@ -23,14 +23,15 @@ from sidecar.config.envoy import (
     load_envoy_yaml,
 )
 from sidecar.config.settings import Settings
-from sidecar.core.decision import ProviderSnapshot
 from sidecar.errors import ConfigError
-from sidecar.feeds.envoy_health import EnvoyHealthFeed, health_feed
-from sidecar.feeds.live import LiveBoard
-from sidecar.feeds.price_feed import PriceFeed
-from sidecar.feeds.scrape import LoadScraper, scrape_targets
+from sidecar.feeds.poller import Poller
 from sidecar.serving.api import RouterApi
-from sidecar.serving.composition import SemanticFactory, SemanticParts, build_semantic
+from sidecar.serving.composition import (
+    SemanticFactory,
+    SemanticParts,
+    build_feeds,
+    build_semantic,
+)
 from sidecar.serving.extproc import ExternalProcessor
 from sidecar.serving.metrics import RouterMetrics
 from sidecar.serving.service import RoutingService
@@ -59,9 +60,7 @@ class RunningSidecar:
     port: int
     admin_port: int
     semantic: SemanticParts | None
-    feed: EnvoyHealthFeed | None = None
-    scraper: LoadScraper | None = None
-    prices: PriceFeed | None = None
+    feeds: tuple[Poller, ...] = ()
 
     async def stop(self, grace_s: float) -> None:
         """Drain: report NOT_SERVING, let in-flight streams finish, then stop."""
@@ -70,12 +69,8 @@ class RunningSidecar:
         try:
             await self.server.stop(grace_s)
         finally:
-            if self.feed is not None:
-                await self.feed.stop()
-            if self.scraper is not None:
-                await self.scraper.stop()
-            if self.prices is not None:
-                await self.prices.stop()
+            for feed in self.feeds:
+                await feed.stop()
             await self.admin.cleanup()
             if self.semantic is not None:
                 await self.semantic.close()
@@ -92,36 +87,7 @@ async def start_sidecar(
     """Load everything, open the ports and report SERVING."""
     envoy_config = load_envoy_yaml(settings.envoy_config)
     catalogue = catalogue_from_envoy_config(envoy_config, str(settings.envoy_config))
-    feed = health_feed(settings.envoy_health, envoy_config, str(settings.envoy_config), catalogue)
-    board = LiveBoard(
-        catalogue,
-        max_age_s=settings.load_feed.max_age_s,
-        price_max_age_s=settings.price_feed.max_age_s,
-        health=feed.snapshot if feed is not None else ProviderSnapshot,
-    )
-    targets = scrape_targets(catalogue) if settings.load_feed.enabled else ()
-    scraper = (
-        LoadScraper(
-            board,
-            targets,
-            interval_s=settings.load_feed.interval_s,
-            timeout_s=settings.load_feed.timeout_s,
-        )
-        if targets
-        else None
-    )
-    price_source = settings.price_feed.source
-    prices = (
-        PriceFeed(
-            board,
-            catalogue,
-            price_source,
-            interval_s=settings.price_feed.interval_s,
-            timeout_s=settings.price_feed.timeout_s,
-        )
-        if price_source
-        else None
-    )
+    board, feeds = build_feeds(settings, envoy_config, catalogue)
     semantic = await semantic_factory(settings)
     metrics = RouterMetrics()
     if semantic is not None:
@@ -161,12 +127,8 @@ async def start_sidecar(
     readiness = Readiness()
     admin = await _start_admin(metrics, readiness, admin_host, admin_port)
     await server.start()
-    if feed is not None:
+    for feed in feeds:
         await feed.start()
-    if scraper is not None:
-        await scraper.start()
-    if prices is not None:
-        await prices.start()
     for name in ("", "envoy.service.ext_proc.v3.ExternalProcessor", "inference_router.v1.Router"):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     readiness.serving = True
@@ -180,9 +142,7 @@ async def start_sidecar(
         port,
         bound_admin,
         semantic,
-        feed,
-        scraper,
-        prices,
+        feeds,
     )
 
 
