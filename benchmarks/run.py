@@ -17,12 +17,12 @@ import random
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 from benchmarks import envoy_e2e, quality
 from benchmarks.extproc_load import LoadResult, drive
+from benchmarks.metrics import scrape, sum_by_label
 from sidecar.devstack.processes import free_ports, wait_grpc_serving
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,15 +68,10 @@ def prompts(count: int, seed: int) -> list[str]:
 
 
 def classifier_counts(admin: str) -> Counter[str]:
-    """Decisions so far by what the classifier did (routed, abstained, shed, unused)."""
-    with urllib.request.urlopen(f"http://{admin}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
-    counts: Counter[str] = Counter()
-    for line in text.splitlines():
-        if line.startswith("inference_router_decisions_total{"):
-            label = line.split('classifier="', 1)[1].split('"', 1)[0]
-            counts[label] += int(float(line.rsplit(" ", 1)[1]))
-    return counts
+    """Decisions so far by what the classifier did (routed, stage1_routed, shed, unused...)."""
+    samples = scrape(f"http://{admin}/metrics")
+    counts = sum_by_label(samples, "inference_router_decisions_total", "classifier")
+    return Counter({label: int(value) for label, value in counts.items()})
 
 
 def resident_mib(pid: int) -> float:

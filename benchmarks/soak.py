@@ -38,6 +38,7 @@ from pathlib import Path
 import aiohttp
 import grpc
 
+from benchmarks.metrics import scrape, sum_by_label
 from inference_router.v1 import router_pb2, router_pb2_grpc
 from sidecar.config.envoy import load_catalogue
 from sidecar.devstack.stack import LocalStack, StackPorts
@@ -227,23 +228,17 @@ def envoy_counts(stack: LocalStack) -> dict[str, int]:
 
 def sidecar_counts(stack: LocalStack) -> dict[str, float]:
     """The sidecar's decision/rejection/error counters and its decision-latency buckets."""
-    text = _get(f"http://127.0.0.1:{stack.ports.sidecar_admin}/metrics")
-    counts: dict[str, float] = {}
-    wanted = (
-        "inference_router_decisions_total",
-        "inference_router_rejected_requests_total",
-        "inference_router_errors_total",
-    )
-    for line in text.splitlines():
-        if line.startswith("#") or " " not in line:
-            continue
-        name, value = line.rsplit(" ", 1)
-        base = name.split("{", 1)[0]
-        key = base if base in wanted else None
-        if base == "inference_router_decision_seconds_bucket":
-            key = "le=" + name.split('le="', 1)[1].split('"', 1)[0]
-        if key is not None:
-            counts[key] = counts.get(key, 0.0) + float(value)
+    samples = scrape(f"http://127.0.0.1:{stack.ports.sidecar_admin}/metrics")
+    counts: dict[str, float] = {
+        name: sum(sum_by_label(samples, name).values())
+        for name in (
+            "inference_router_decisions_total",
+            "inference_router_rejected_requests_total",
+            "inference_router_errors_total",
+        )
+    }
+    buckets = sum_by_label(samples, "inference_router_decision_seconds_bucket", "le")
+    counts.update({f"le={bound}": value for bound, value in buckets.items()})
     return counts
 
 
