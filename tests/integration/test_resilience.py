@@ -13,6 +13,7 @@ Every wait polls with a deadline; the measured times are printed (`pytest -s`).
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from collections import Counter
@@ -297,3 +298,55 @@ def _timed_post(
     started = time.monotonic()
     reply = httpx.post(stack.base_url + CHAT, json=body, headers=headers, timeout=60)
     return reply.status_code, time.monotonic() - started, reply.json()
+
+
+def _sidecar_health(stack: LocalStack) -> str:
+    """Envoy's view of the router_sidecar host: 'healthy' or its health flags."""
+    url = f"http://127.0.0.1:{stack.ports.admin}/clusters?format=json"
+    for cluster in httpx.get(url, timeout=5).json()["cluster_statuses"]:
+        if cluster["name"] == "router_sidecar":
+            host = cluster["host_statuses"][0]["health_status"]
+            flags = [str(name) for name, value in host.items() if value is True]
+            return ",".join(flags) or "healthy"
+    raise AssertionError("no router_sidecar cluster in Envoy's /clusters")
+
+
+def test_a_hung_sidecar_is_marked_down_and_envoy_fails_open_without_waiting(
+    tmp_path: Path,
+) -> None:
+    # A stopped process still accepts TCP connections: only the gRPC health check sees
+    # it. Once it has, requests fail open with no message timeout spent on them.
+    stack = conftest.start_stack(tmp_path, sidecar_args=("--no-semantic",))
+    sidecar = stack.processes["sidecar"]
+    try:
+        wait_until(lambda: _sidecar_health(stack) == "healthy", "sidecar healthy", 30)
+        sidecar.send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        try:
+            down_s = wait_until(
+                lambda: _sidecar_health(stack) != "healthy", "sidecar marked down", 30
+            )
+            timeouts = envoy_counters(stack, "http.openai_api.ext_proc.")["message_timeouts"]
+            routes = [
+                httpx.post(stack.base_url + CHAT, json=BODY, timeout=30).headers["x-router-route"]
+                for _ in range(5)
+            ]
+            after = envoy_counters(stack, "http.openai_api.ext_proc.")
+        finally:
+            sidecar.send_signal(signal.SIGCONT)
+        assert routes == ["fallback"] * 5
+        assert after["message_timeouts"] == timeouts  # nobody waited for the hung sidecar
+        back_s = wait_until(lambda: route_of(stack) != "fallback", "decisions again", 30)
+        print(
+            f"\nhung sidecar: marked down {down_s:.2f}s after SIGSTOP "
+            f"({time.monotonic() - stopped:.2f}s in all), deciding again {back_s:.2f}s "
+            "after SIGCONT"
+        )
+    finally:
+        stack.stop()
+
+
+def route_of(stack: LocalStack) -> str:
+    """The route header of one small request."""
+    reply = httpx.post(stack.base_url + CHAT, json=BODY, timeout=30)
+    return str(reply.headers.get("x-router-route", ""))

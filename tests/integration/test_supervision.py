@@ -237,7 +237,7 @@ def test_envoy_and_a_simulator_are_restarted_and_the_workdir_goes() -> None:
             os.kill(pid, signal.SIGKILL)
         wait_for(lambda: _restarted(stack, supervisor, old), "Envoy and sim-mid-a back")
         # A new Envoy opens a new ext_proc connection; on a busy machine its first
-        # request may miss the 200 ms message timeout and fall back. Decisions resume.
+        # request may miss the 500 ms message timeout and fall back. Decisions resume.
         wait_for(lambda: route_of(stack.base_url) != "fallback", "decisions through new Envoy")
         # The restarted simulator appended to its predecessor's log (it writes the line
         # just after it starts answering, so wait for it rather than race it).
@@ -340,7 +340,7 @@ def _sidecar_pid(command: StackCommand) -> int | None:
 
 def test_the_stack_command_restarts_a_killed_sidecar(stack_command: StackCommand) -> None:
     base_url = stack_command.stack.base_url
-    # A cold ext_proc connection may miss the 200 ms timeout on a busy machine.
+    # A cold ext_proc connection may miss the 500 ms timeout on a busy machine.
     wait_for(lambda: route_of(base_url) != "fallback", "decisions from the first sidecar")
     sidecar = _sidecar_pid(stack_command)
     assert sidecar is not None
