@@ -11,10 +11,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sidecar.cli.data_options import add_data_arguments
 from sidecar.errors import ConfigError
 from sidecar.evaluation.datasets import load_rows
+
+if TYPE_CHECKING:
+    from sidecar.core.vote import VoteConfig
+    from sidecar.semantic.index import ExemplarIndex
 
 HELP = "choose classifier thresholds to hit a target"
 
@@ -32,6 +37,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--target-oos-recall", type=float, help="out-of-scope recall to reach")
     target.add_argument("--target-strong-share", type=float, help="share of strong calls")
     parser.add_argument("--confidence", type=float, default=0.95, help="Wilson bound level")
+    parser.add_argument(
+        "--keep-shape",
+        action="store_true",
+        help="keep the configured k and temperature (default: leave-one-out picks them, "
+        "unless --k/--temperature are given)",
+    )
     parser.add_argument(
         "--max-route-offset",
         type=float,
@@ -83,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
     embedder = model_store.load_default_embedder(args.data_dir)
     static = load_static(args, embedder)
     index = obtain_index(args, data.exemplars, embedder, static, evidence=True)
+    shape: dict[str, object] = {}
+    if not args.keep_shape and args.k is None and args.temperature is None:
+        config = _choose_shape(args, index, config)
+        shape = {"k": config.k, "temperature": config.temperature}
     if args.calibration is not None:
         rows = load_rows(args.calibration)
         points = staged_points(
@@ -97,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         points = staged_leave_one_out(index, config)
     verdicts = [p.knn for p in points]
-    overrides = {
+    overrides = shape | {
         key: getattr(args, key)
         for key in ("k", "temperature", "min_margin")
         if getattr(args, key) is not None
@@ -155,3 +170,30 @@ def run(args: argparse.Namespace) -> int:
             f"{stages.oos_recall:.4f}"
         )
     return 0
+
+
+def _choose_shape(args: argparse.Namespace, index: ExemplarIndex, config: VoteConfig) -> VoteConfig:
+    """k and temperature by leave-one-out on the exemplars (sidecar/evaluation/vote_shape.py)."""
+    from sidecar.core.vote import OUT_OF_SCOPE
+    from sidecar.evaluation.vote_shape import (
+        accuracy_at_recall,
+        choose_vote_shape,
+        in_scope_accuracy,
+        need_apgr,
+    )
+
+    if args.target_strong_share is not None and config.two_model is not None:
+        objective, name = need_apgr(config.two_model.weak, config.two_model.strong), "APGR"
+    elif args.target_oos_recall is not None and OUT_OF_SCOPE in index.routes:
+        objective = accuracy_at_recall(args.target_oos_recall, args.confidence)
+        name = f"in-scope accuracy at out-of-scope recall {args.target_oos_recall}"
+    else:
+        objective, name = in_scope_accuracy, "in-scope accuracy"
+    choice = choose_vote_shape(index, config, objective, objective_name=name)
+    best, configured = choice.best, choice.configured
+    print(
+        f"k {best.k}, temperature {best.temperature:g}: leave-one-out {name} {best.score:.4f} "
+        f"(configured k {configured.k}, temperature {configured.temperature:g}: "
+        f"{configured.score:.4f}; {len(choice.tried)} pairs tried)"
+    )
+    return dataclasses.replace(config, k=best.k, temperature=best.temperature)
