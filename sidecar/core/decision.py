@@ -2,21 +2,22 @@
 
 This module is pure. It reads no clock, no network and no files; everything it needs
 arrives as arguments (the parsed request, the semantic route if one was computed, the
-catalogue, an immutable snapshot of live provider state) and everything it decides
-leaves in the returned `Decision`, including the reasons. That keeps it fast to test
-and makes every decision reproducible from its inputs.
+catalogue, an immutable snapshot of live provider state, the client's limits) and
+everything it decides leaves in the returned `Decision`, including the reasons. That
+keeps it fast to test and makes every decision reproducible from its inputs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from sidecar.core.catalogue import Catalogue, Price, Provider
+from sidecar.core.limits import NO_LIMITS, Limits, seconds, usd
 from sidecar.core.policy import Intent, Policy
 from sidecar.core.request import RequestFacts
 from sidecar.core.vote import FAILED, SHED, STAGE_STATIC, RouteVerdict
-from sidecar.errors import ConfigError, NotFoundError
+from sidecar.errors import ConfigError, NotFoundError, OutOfLimitsError
 
 # Output length assumed when nothing better is known (no neighbours, no max_tokens).
 DEFAULT_OUTPUT_TOKENS = 256.0
@@ -101,6 +102,8 @@ class CandidateCost:
     tier: str
     expected_cost_usd: float
     expected_latency_s: float
+    # The price used, US dollars per million tokens: the live one when `notes` say so.
+    price: Price
     healthy: bool
     queue_waiting: float | None = None
     notes: tuple[str, ...] = ()
@@ -131,9 +134,18 @@ def decide(
     catalogue: Catalogue,
     snapshot: ProviderSnapshot,
     verdict: RouteVerdict | None = None,
+    limits: Limits = NO_LIMITS,
 ) -> Decision:
-    """Choose the upstream cluster and model for one request."""
+    """Choose the upstream cluster and model for one request.
+
+    Raises NotFoundError for a model no provider serves, OutOfLimitsError when no
+    provider that could serve the request fits the client's limits.
+    """
     output_tokens = _predicted_output_tokens(facts, verdict)
+
+    def costs(providers: Iterable[Provider]) -> tuple[CandidateCost, ...]:
+        return tuple(_cost(p, facts, output_tokens, snapshot) for p in providers)
+
     if intent.explicit_model is not None:
         providers = catalogue.serving(intent.explicit_model)
         if not providers:
@@ -143,15 +155,17 @@ def decide(
                 param="model",
             )
         route, reason = "explicit", f"client asked for model {intent.explicit_model!r}"
+        # Another model is never swapped in: health only orders this model's clusters.
+        candidates = costs(providers)
+        if not any(_fits(c, limits) for c in candidates):
+            raise _out_of_limits(candidates, limits)
     else:
         route, reason = _route_for(intent.policy, verdict, table)
-        providers = _providers_for(route, intent.policy, table, catalogue)
-    candidates = tuple(_cost(p, facts, output_tokens, snapshot) for p in providers)
-    if intent.explicit_model is None and not any(c.healthy for c in candidates):
-        candidates, reason = _failover(
-            candidates, reason, facts, output_tokens, table, catalogue, snapshot
+        home = costs(_providers_for(route, intent.policy, table, catalogue))
+        candidates, reason = _serving_tier(
+            home, reason, limits, table, lambda tier: costs(catalogue.in_tier(tier))
         )
-    chosen = _choose(candidates, intent.policy)
+    chosen = _choose(candidates, intent.policy, limits)
     provider = catalogue.provider(chosen.cluster)
     return Decision(
         decision_id=decision_id,
@@ -161,7 +175,7 @@ def decide(
         policy=intent.policy,
         model=provider.model,
         model_rewritten=provider.model != facts.model,
-        reason=f"{reason}; {_why(chosen, candidates, intent.policy)}",
+        reason=f"{reason}{_removed(candidates, limits)}; {_why(chosen, candidates, intent.policy)}",
         predicted_output_tokens=output_tokens,
         candidates=candidates,
     )
@@ -203,41 +217,106 @@ def _providers_for(
     return providers
 
 
-def _failover(
-    candidates: tuple[CandidateCost, ...],
+def _serving_tier(
+    home: tuple[CandidateCost, ...],
     reason: str,
-    facts: RequestFacts,
-    output_tokens: float,
+    limits: Limits,
     table: RoutingTable,
-    catalogue: Catalogue,
-    snapshot: ProviderSnapshot,
+    tier_costs: Callable[[str], tuple[CandidateCost, ...]],
 ) -> tuple[tuple[CandidateCost, ...], str]:
-    """No provider of the route is healthy: the nearest tier with a healthy one serves.
+    """The candidates that serve: the route's own, or the nearest tier's that can.
 
-    Nearest by position in `table.tiers`; at equal distance the heavier tier wins, so a
-    failover never lowers quality when it need not. With no healthy provider anywhere the
-    original candidates stay (Envoy's own retries and health checks have the last word).
+    First the nearest tier (the route's own first) with a healthy provider within the
+    limits. When nothing healthy fits anywhere, the nearest with any provider within the
+    limits (Envoy's own retries and health checks then have the last word); when nothing
+    fits at all, OutOfLimitsError. Nearest by position in `table.tiers`; at equal
+    distance the heavier tier wins, so a hand-over never lowers quality when it need not.
     """
-    tiers = {c.tier for c in candidates}
-    home = min((table.tiers.index(t) for t in tiers if t in table.tiers), default=None)
-    if home is None:
-        home = table.tiers.index(table.default_route) if table.default_route in table.tiers else 0
+    if any(_usable(c, limits) for c in home):
+        return home, reason
+    others = [(tier, tier_costs(tier)) for tier in _nearest_other_tiers(home, table)]
+    problem = _why_not(home, limits)
+    for tier, alternatives in others:
+        if any(_usable(c, limits) for c in alternatives):
+            serves = f"tier with one, {tier}," if limits.any else f"healthy tier {tier}"
+            return alternatives, f"{reason}; {problem}, the nearest {serves} serves"
+    within = " within the limits" if limits.any else ""
+    if any(_fits(c, limits) for c in home):
+        return home, f"{reason}; no healthy provider{within} in any tier"
+    for tier, alternatives in others:
+        if any(_fits(c, limits) for c in alternatives):
+            return alternatives, (
+                f"{reason}; {problem}; no healthy provider{within} in any tier, "
+                f"the nearest tier within them, {tier}, serves"
+            )
+    every = home + tuple(c for _, alternatives in others for c in alternatives)
+    raise _out_of_limits(every, limits)
+
+
+def _nearest_other_tiers(home: tuple[CandidateCost, ...], table: RoutingTable) -> list[str]:
+    tiers = {c.tier for c in home}
+    position = min((table.tiers.index(t) for t in tiers if t in table.tiers), default=None)
+    if position is None:
+        position = (
+            table.tiers.index(table.default_route) if table.default_route in table.tiers else 0
+        )
     order = sorted(
         (i for i in range(len(table.tiers)) if table.tiers[i] not in tiers),
-        key=lambda i: (abs(i - home), -i),
+        key=lambda i: (abs(i - position), -i),
     )
-    for position in order:
-        tier = table.tiers[position]
-        alternatives = tuple(
-            _cost(p, facts, output_tokens, snapshot) for p in catalogue.in_tier(tier)
-        )
-        if any(c.healthy for c in alternatives):
-            unhealthy = ", ".join(sorted(c.cluster for c in candidates))
-            return alternatives, (
-                f"{reason}; no healthy provider ({unhealthy} unhealthy), "
-                f"the nearest healthy tier {tier} serves"
-            )
-    return candidates, f"{reason}; no healthy provider in any tier"
+    return [table.tiers[i] for i in order]
+
+
+def _fits(candidate: CandidateCost, limits: Limits) -> bool:
+    return not limits.breaches(candidate.expected_cost_usd, candidate.expected_latency_s)
+
+
+def _usable(candidate: CandidateCost, limits: Limits) -> bool:
+    return candidate.healthy and _fits(candidate, limits)
+
+
+def _why_not(home: tuple[CandidateCost, ...], limits: Limits) -> str:
+    """Why none of the route's own candidates can serve, naming each one's problem."""
+    over = {c.cluster: limits.breaches(c.expected_cost_usd, c.expected_latency_s) for c in home}
+    if not any(over.values()):
+        unhealthy = ", ".join(sorted(c.cluster for c in home))
+        return f"no healthy provider ({unhealthy} unhealthy)"
+    parts = [
+        f"{cluster}: {', '.join(breaches)}" if breaches else f"{cluster} unhealthy"
+        for cluster, breaches in sorted(over.items())
+    ]
+    return f"no healthy provider within the limits ({'; '.join(parts)})"
+
+
+def _removed(candidates: tuple[CandidateCost, ...], limits: Limits) -> str:
+    """The serving candidates the limits took out of the running, for the reason."""
+    removed = [
+        f"{c.cluster} ({', '.join(breaches)})"
+        for c in candidates
+        if (breaches := limits.breaches(c.expected_cost_usd, c.expected_latency_s))
+    ]
+    return f"; the limits removed {', '.join(removed)}" if removed else ""
+
+
+def _out_of_limits(candidates: tuple[CandidateCost, ...], limits: Limits) -> OutOfLimitsError:
+    """The refusal, with the best figures on offer so the client can adjust its limits."""
+    best: list[tuple[str, CandidateCost]] = []
+    if limits.max_cost_usd is not None:
+        best.append(("cheapest", min(candidates, key=lambda c: c.expected_cost_usd)))
+    if limits.max_latency_s is not None:
+        fastest = min(candidates, key=lambda c: c.expected_latency_s)
+        if not best or best[0][1] is not fastest:
+            best.append(("fastest", fastest))
+        else:
+            best[0] = ("cheapest and fastest", fastest)
+    offers = "; ".join(
+        f"the {what}, {c.cluster}, is expected to cost {usd(c.expected_cost_usd)} "
+        f"and take {seconds(c.expected_latency_s)}"
+        for what, c in best
+    )
+    return OutOfLimitsError(
+        f"no provider can serve this request within {limits.describe()}: {offers}"
+    )
 
 
 def _predicted_output_tokens(facts: RequestFacts, verdict: RouteVerdict | None) -> float:
@@ -267,15 +346,17 @@ def _cost(
         tier=provider.tier,
         expected_cost_usd=price.cost_usd(facts.prompt_tokens, output_tokens),
         expected_latency_s=queue_s + service_s,
+        price=price,
         healthy=state.healthy,
         queue_waiting=state.queue_waiting,
         notes=state.notes,
     )
 
 
-def _choose(candidates: tuple[CandidateCost, ...], policy: Policy) -> CandidateCost:
-    pool = [c for c in candidates if c.healthy] or list(candidates)
-    if policy is Policy.SPEED:
+def _choose(candidates: tuple[CandidateCost, ...], policy: Policy, limits: Limits) -> CandidateCost:
+    fitting = [c for c in candidates if _fits(c, limits)]
+    pool = [c for c in fitting if c.healthy] or fitting
+    if policy in (Policy.SPEED, Policy.QUALITY):  # quality: the heaviest tier, then fastest
         return min(pool, key=lambda c: (c.expected_latency_s, c.expected_cost_usd))
     if policy is Policy.BALANCED:
         return min(pool, key=lambda c: (balanced_score(c), c.expected_latency_s))
@@ -296,6 +377,7 @@ def _why(chosen: CandidateCost, candidates: tuple[CandidateCost, ...], policy: P
         return f"{chosen.cluster} is the only candidate{facts}"
     measure = {
         Policy.SPEED: "fastest",
+        Policy.QUALITY: "fastest",
         Policy.BALANCED: "best for cost and expected latency together",
     }.get(policy, "cheapest")
     return f"{chosen.cluster} is the {measure} of {len(candidates)} candidates{facts}"

@@ -2,9 +2,9 @@
 
 Precedence: a `router:<policy>` model alias, then the policies the edge collected in its
 order of precedence (the client's header before the Envoy route's default), then the
-routing table's default. A client naming a real model gets that model, under the default
-policy. The core knows no header names: each ask carries its own source label, which an
-error about it names.
+routing table's default. A client naming a real model gets that model; the policy then
+chooses among the clusters serving it (cheapest, fastest, or both weighed). The core knows
+no header names: each ask carries its own source label, which an error about it names.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class PolicyAsk:
 
 @dataclass(frozen=True)
 class Intent:
-    """What the client wants: a policy, or one explicit model (then the policy is moot)."""
+    """What the client wants: a policy, and maybe one explicit model it must be served by."""
 
     policy: Policy
     explicit_model: str | None = None
@@ -61,9 +61,8 @@ def resolve_intent(model: str, asks: Sequence[PolicyAsk], default: Policy) -> In
     """The intent of a request for `model`, given the policy asks in precedence order."""
     if model.startswith(ALIAS_PREFIX):
         return Intent(Policy.parse(model[len(ALIAS_PREFIX) :], source="model"))
-    if model != AUTO_MODEL:
-        return Intent(default, explicit_model=model)
+    explicit = None if model == AUTO_MODEL else model
     for ask in asks:
         if ask.name.strip():
-            return Intent(Policy.parse(ask.name, source=ask.source))
-    return Intent(default)
+            return Intent(Policy.parse(ask.name, source=ask.source), explicit_model=explicit)
+    return Intent(default, explicit_model=explicit)

@@ -6,6 +6,11 @@ on loopback, re-renders the YAML with the ports actually chosen, starts the side
 Envoy, and waits until each one reports ready (never a blind sleep). Every child runs
 in its own session so that a terminal's Ctrl-C reaches only us; we then stop them all.
 
+The first provider's simulator doubles as the price API: the sidecar's price feed reads
+its `/sim/prices` table every second (a sidecar settings file the stack writes, unless
+the caller passes its own `--config`), so `PUT /sim/prices` moves `cost` and `balanced`
+traffic within about a second, and stopping that simulator shows the feed going stale.
+
 Children die with us and their ports are checked before they start
 (`sidecar.devstack.processes`); restarting what dies is opt-in
 (`sidecar.devstack.supervision`).
@@ -49,6 +54,11 @@ from sidecar.errors import ConfigError, StackError
 log = logging.getLogger(__name__)
 
 SIDECAR_CLUSTER = "router_sidecar"
+PRICE_PATH = "/sim/prices"
+# Read every second so a price change shows at once; trusted for 5 s, so a price API
+# that goes away is noticed (static prices, "stale" in the reasons) within 5-6 s.
+PRICE_FEED_INTERVAL_S = 1.0
+PRICE_FEED_MAX_AGE_S = 5.0
 
 
 def envoy_binary() -> str:
@@ -126,6 +136,17 @@ def set_fail_open(config: dict[str, object], fail_open: bool) -> None:
                 typed["failure_mode_allow"] = fail_open
 
 
+def sidecar_settings(price_url: str) -> dict[str, object]:
+    """The sidecar settings a local stack runs with: its price feed reads `price_url`."""
+    feed = {
+        "source": price_url,
+        "interval_s": PRICE_FEED_INTERVAL_S,
+        "timeout_s": PRICE_FEED_INTERVAL_S,
+        "max_age_s": PRICE_FEED_MAX_AGE_S,
+    }
+    return {"price_feed": feed}
+
+
 @dataclass(frozen=True)
 class Child:
     """How to start one child process of the stack, and how to tell it is ready."""
@@ -149,6 +170,7 @@ class LocalStack:
         fail_open: bool = True,
         workdir: Path | None = None,
         quiet: bool = False,
+        price_feed: bool = True,
     ) -> None:
         self.source = load_envoy_yaml(envoy_config)
         self.catalogue = catalogue_from_envoy_config(self.source, str(envoy_config))
@@ -161,6 +183,8 @@ class LocalStack:
         if missing:
             raise ConfigError(f"no port given for provider clusters: {', '.join(missing)}")
         self._sidecar_args = list(sidecar_args)
+        # The caller's own settings file wins: it says where prices come from, if anywhere.
+        self._price_feed = price_feed and "--config" not in self._sidecar_args
         self._fail_open = fail_open
         # A workdir we created is ours to remove on stop, unless a failed start keeps it.
         self._owns_workdir = workdir is None
@@ -171,11 +195,22 @@ class LocalStack:
         self._preexec = die_with_parent()
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.config_path = self._workdir / "envoy.yaml"
+        self.settings_path = self._workdir / "sidecar.yaml"
 
     @property
     def base_url(self) -> str:
         """Where clients send OpenAI requests."""
         return f"http://127.0.0.1:{self.ports.listener}"
+
+    @property
+    def price_server(self) -> str:
+        """The provider simulator that serves the price table (the first provider)."""
+        return self.catalogue.providers[0].cluster
+
+    @property
+    def price_url(self) -> str:
+        """The price table the sidecar's price feed reads (when the stack set the feed up)."""
+        return f"http://127.0.0.1:{self.ports.providers[self.price_server]}{PRICE_PATH}"
 
     @property
     def sidecar_target(self) -> str:
@@ -208,6 +243,7 @@ class LocalStack:
                     "--envoy-config", str(self.config_path),
                     "--listen", self.sidecar_target,
                     "--admin-listen", f"127.0.0.1:{self.ports.sidecar_admin}",
+                    *(("--config", str(self.settings_path)) if self._price_feed else ()),
                     *self._sidecar_args,
                 ),
                 f"the sidecar at {self.sidecar_target}",
@@ -337,6 +373,8 @@ class LocalStack:
         rendered = render_config(self.source, self.ports)
         set_fail_open(rendered, self._fail_open)
         self.config_path.write_text(yaml.safe_dump(rendered, sort_keys=False))
+        if self._price_feed:
+            self.settings_path.write_text(yaml.safe_dump(sidecar_settings(self.price_url)))
 
     def log_tails(self, lines: int = 15) -> str:
         """The last lines of every child's log, for error messages."""

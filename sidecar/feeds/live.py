@@ -12,7 +12,10 @@ provider without a metrics endpoint has no queue fact at all and is neutral. Eve
 choice is written into the state's `notes`, which the decision's reason shows.
 
 `merge` is pure (time is an argument); `LiveBoard` only stores the latest readings the
-feeds hand it and calls `merge` with the clock.
+feeds hand it and calls `merge` with the clock. What a controller pushed is laid over
+the merged state (`sidecar.feeds.push`); a pushed queue is a load reading like any other.
+Last, what real traffic said (`sidecar.feeds.passive`, from Envoy's access log): it can
+only take a provider out for a while or raise its TTFT.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from dataclasses import dataclass
 from sidecar.core.catalogue import Catalogue, Price
 from sidecar.core.decision import ProviderSnapshot, ProviderState
 from sidecar.feeds.engines import LoadSample
+from sidecar.feeds.passive import PassiveSignal, with_signals
+from sidecar.feeds.push import ProviderPush, PushedState, overlay
 
 
 @dataclass(frozen=True)
@@ -95,20 +100,36 @@ class LiveBoard:
         *,
         max_age_s: float,
         price_max_age_s: float | None = None,
+        push_max_age_s: float = 10.0,
         health: Callable[[], ProviderSnapshot] = ProviderSnapshot,
+        passive: Callable[[float], Mapping[str, PassiveSignal]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._catalogue = catalogue
+        self._passive = passive
         self._max_age_s = max_age_s
         self._price_max_age_s = price_max_age_s
         self._health = health
         self._clock = clock
         self._loads: dict[str, LoadReading] = {}
         self._prices: PriceReading | None = None
+        self._push_max_age_s = push_max_age_s
+        self._pushed: dict[str, PushedState] = {}
 
-    def record_load(self, cluster: str, sample: LoadSample) -> None:
-        """A fresh load reading of one provider."""
-        self._loads[cluster] = LoadReading(sample, self._clock())
+    def record_load(self, cluster: str, sample: LoadSample, *, age_s: float = 0.0) -> None:
+        """A load reading of one provider, `age_s` old; an older one never replaces a newer."""
+        taken_at = self._clock() - age_s
+        kept = self._loads.get(cluster)
+        if kept is None or kept.taken_at <= taken_at:
+            self._loads[cluster] = LoadReading(sample, taken_at)
+
+    def record_push(self, push: ProviderPush) -> None:
+        """Facts a controller pushed about one provider (see `sidecar.feeds.push`)."""
+        if push.queue_waiting is not None:
+            sample = LoadSample(push.queue_waiting, push.queue_running, None)
+            self.record_load(push.cluster, sample, age_s=push.age_s)
+        kept = self._pushed.get(push.cluster, PushedState())
+        self._pushed[push.cluster] = kept.with_push(push, self._clock() - push.age_s)
 
     def record_prices(self, prices: Mapping[str, Price], source: str) -> None:
         """A fresh price list (cluster -> price) from `source`."""
@@ -116,8 +137,9 @@ class LiveBoard:
 
     def snapshot(self) -> ProviderSnapshot:
         """What the decision core routes by, now."""
-        return merge(
-            self._clock(),
+        now = self._clock()
+        merged = merge(
+            now,
             self._catalogue,
             self._health(),
             self._loads,
@@ -125,3 +147,5 @@ class LiveBoard:
             self._max_age_s,
             self._price_max_age_s,
         )
+        pushed = overlay(merged, self._pushed, now, self._push_max_age_s)
+        return pushed if self._passive is None else with_signals(pushed, self._passive(now))

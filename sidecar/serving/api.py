@@ -1,9 +1,11 @@
 """The project's own gRPC API (proto/inference_router/v1/router.proto).
 
 `Decide` runs exactly the path Envoy's requests take, minus Envoy, and returns the
-decision with its full explanation. `ReloadIndex` swaps the exemplar index. Errors map
-to gRPC statuses here and nowhere else: the caller's bad request is INVALID_ARGUMENT
-(or NOT_FOUND for an unknown model), a broken index is FAILED_PRECONDITION.
+decision with its full explanation: each candidate's expected cost and latency, the
+queue depth and price used, and where those came from and how old they were. `ReloadIndex`
+swaps the exemplar index. Errors map to gRPC statuses in `statuses` only: the caller's
+bad request is INVALID_ARGUMENT (or NOT_FOUND for an unknown model), limits no provider
+can meet and a broken index are FAILED_PRECONDITION.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ def to_proto(routed: Routed) -> router_pb2.DecideResponse:
                 healthy=c.healthy,
                 queue_waiting=c.queue_waiting,
                 notes=c.notes,
+                input_per_mtok=c.price.input_per_mtok,
+                output_per_mtok=c.price.output_per_mtok,
             )
             for c in decision.candidates
         ],

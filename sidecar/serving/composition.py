@@ -5,7 +5,8 @@ for, the stage-1 static embedder distilled from it, which index to load or build
 in the data directory by exemplar file, index format, embedder and static table), the
 micro-batcher in front of the model, the classifier, and the watcher that hot-swaps a
 rebuilt index; and the live board with the feeds that fill it (Envoy's health view, the
-queue scrape, the price feed), each only when configured. Nothing below it reads settings.
+queue scrape or the Prometheus fleet feed, the price feed, the learner of Envoy's
+access log), each only when configured. Nothing below it reads settings.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from sidecar.config.settings import SemanticSettings, Settings
+from sidecar.config.settings import PassiveFeedSettings, SemanticSettings, Settings
 from sidecar.core.catalogue import Catalogue
 from sidecar.core.decision import ProviderSnapshot
 from sidecar.errors import IndexLoadError
 from sidecar.feeds.envoy_health import health_feed
 from sidecar.feeds.live import LiveBoard
+from sidecar.feeds.passive import PassiveLearner
 from sidecar.feeds.poller import Poller
 from sidecar.feeds.price_feed import PriceFeed
+from sidecar.feeds.promql import prometheus_load_feed
 from sidecar.feeds.scrape import LoadScraper, scrape_targets
 from sidecar.semantic.classifier import IndexInfo, SemanticClassifier, watch_index
 from sidecar.semantic.embedder import Embedder, OnnxEmbedder
@@ -150,8 +153,24 @@ async def build_semantic(settings: Settings) -> SemanticParts | None:
     return SemanticParts(classifier=classifier, reload_index=classifier.reload, close=close)
 
 
+def passive_learner(settings: PassiveFeedSettings, catalogue: Catalogue) -> PassiveLearner | None:
+    """What learns from Envoy's access log of upstream attempts, or None when it is off."""
+    if not settings.enabled:
+        return None
+    return PassiveLearner(
+        catalogue,
+        max_cooldown_s=settings.max_cooldown_s,
+        backoff_s=settings.backoff_s,
+        failure_run=settings.failure_run,
+        max_age_s=settings.max_age_s,
+    )
+
+
 def build_feeds(
-    settings: Settings, envoy_config: Mapping[str, object], catalogue: Catalogue
+    settings: Settings,
+    envoy_config: Mapping[str, object],
+    catalogue: Catalogue,
+    passive: PassiveLearner | None = None,
 ) -> tuple[LiveBoard, tuple[Poller, ...]]:
     """The live board the decisions read, and the feeds (not started) that fill it."""
     source = str(settings.envoy_config)
@@ -160,10 +179,17 @@ def build_feeds(
         catalogue,
         max_age_s=settings.load_feed.max_age_s,
         price_max_age_s=settings.price_feed.max_age_s,
+        push_max_age_s=settings.push_feed.max_age_s,
         health=health.snapshot if health is not None else ProviderSnapshot,
+        passive=passive.signals if passive is not None else None,
     )
     feeds: list[Poller] = [] if health is None else [health]
-    targets = scrape_targets(catalogue) if settings.load_feed.enabled else ()
+    load = settings.load_feed
+    if load.enabled and load.source == "prometheus" and load.prometheus is not None:
+        fleet = prometheus_load_feed(board, catalogue, load.prometheus, load)
+        if fleet is not None:
+            feeds.append(fleet)
+    targets = scrape_targets(catalogue) if load.enabled and load.source == "scrape" else ()
     if targets:
         feeds.append(
             LoadScraper(

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import grpc
 from aiohttp import web
+from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from inference_router.v1 import router_pb2_grpc
+from inference_router.v1 import feeds_pb2_grpc, router_pb2_grpc
 from sidecar.config.envoy import (
     catalogue_from_envoy_config,
     ext_proc_max_message_timeout_s,
@@ -24,6 +25,7 @@ from sidecar.config.envoy import (
 )
 from sidecar.config.settings import Settings
 from sidecar.errors import ConfigError
+from sidecar.feeds.access_log import AccessLogReceiver
 from sidecar.feeds.poller import Poller
 from sidecar.serving.api import RouterApi
 from sidecar.serving.composition import (
@@ -31,8 +33,10 @@ from sidecar.serving.composition import (
     SemanticParts,
     build_feeds,
     build_semantic,
+    passive_learner,
 )
 from sidecar.serving.extproc import ExternalProcessor
+from sidecar.serving.feed_api import FeedApi
 from sidecar.serving.metrics import RouterMetrics
 from sidecar.serving.service import RoutingService
 
@@ -61,11 +65,14 @@ class RunningSidecar:
     admin_port: int
     semantic: SemanticParts | None
     feeds: tuple[Poller, ...] = ()
+    access_log: AccessLogReceiver | None = None
 
     async def stop(self, grace_s: float) -> None:
         """Drain: report NOT_SERVING, let in-flight streams finish, then stop."""
         self.readiness.serving = False
         await self.health.enter_graceful_shutdown()
+        if self.access_log is not None:
+            self.access_log.close()  # Envoy's log streams never end by themselves
         try:
             await self.server.stop(grace_s)
         finally:
@@ -87,7 +94,8 @@ async def start_sidecar(
     """Load everything, open the ports and report SERVING."""
     envoy_config = load_envoy_yaml(settings.envoy_config)
     catalogue = catalogue_from_envoy_config(envoy_config, str(settings.envoy_config))
-    board, feeds = build_feeds(settings, envoy_config, catalogue)
+    learner = passive_learner(settings.passive_feed, catalogue)
+    board, feeds = build_feeds(settings, envoy_config, catalogue, learner)
     semantic = await semantic_factory(settings)
     metrics = RouterMetrics()
     if semantic is not None:
@@ -117,6 +125,17 @@ async def start_sidecar(
     router_pb2_grpc.add_RouterServicer_to_server(  # type: ignore[no-untyped-call]
         RouterApi(service, metrics, semantic.reload_index if semantic else None), server
     )
+    access_log = None if learner is None else AccessLogReceiver(learner)
+    if access_log is not None:
+        # Envoy's router streams its log of upstream attempts here (envoy/*.yaml).
+        als_pb2_grpc.add_AccessLogServiceServicer_to_server(access_log, server)
+    services = ["", "envoy.service.ext_proc.v3.ExternalProcessor", "inference_router.v1.Router"]
+    if settings.push_feed.enabled:
+        providers = [provider.cluster for provider in catalogue.providers]
+        feeds_pb2_grpc.add_FeedServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            FeedApi(board, providers), server
+        )
+        services.append("inference_router.v1.FeedService")
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     try:
@@ -129,7 +148,7 @@ async def start_sidecar(
     await server.start()
     for feed in feeds:
         await feed.start()
-    for name in ("", "envoy.service.ext_proc.v3.ExternalProcessor", "inference_router.v1.Router"):
+    for name in services:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     readiness.serving = True
     bound_admin = _bound_port(admin)
@@ -143,6 +162,7 @@ async def start_sidecar(
         bound_admin,
         semantic,
         feeds,
+        access_log,
     )
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -19,16 +21,26 @@ from typing import Protocol
 
 from sidecar.core.catalogue import Catalogue
 from sidecar.core.decision import Decision, ProviderSnapshot, RoutingTable, decide
+from sidecar.core.limits import Limits
 from sidecar.core.policy import ALIAS_PREFIX, AUTO_MODEL, Intent, Policy, PolicyAsk, resolve_intent
 from sidecar.core.request import Endpoint, RequestFacts, endpoint_for_path, parse_request
 from sidecar.core.vote import FAILED, RouteVerdict, abstention
-from sidecar.errors import NotFoundError, RouterError
+from sidecar.errors import NotFoundError, RequestError, RouterError
 from sidecar.serving.body import BIG_BODY_BYTES, BodyBudget, decode_body, encode_body
 
 log = logging.getLogger(__name__)
 
 # A client's choice of policy for one request.
 POLICY_HEADER = "x-router-policy"
+# A client's limits for one request: the expected cost (US dollars, a positive decimal)
+# and the expected time to the whole answer (milliseconds, a positive whole number).
+# Like x-router-policy they reach the provider too; they hold nothing secret.
+MAX_COST_HEADER = "x-router-max-cost-usd"
+MAX_LATENCY_HEADER = "x-router-max-latency-ms"
+# A decimal number of dollars, as people write it: 0.002, .5, 3, 1e-4.
+_DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]{1,3})?")
+_WHOLE = re.compile(r"[0-9]{1,9}")
+_MAX_LATENCY_MS = 86_400_000  # a day
 # gRPC metadata an Envoy route can attach (ExtProcPerRoute grpc_initial_metadata).
 ROUTE_POLICY_METADATA = "x-router-route-policy"
 
@@ -140,6 +152,7 @@ class RoutingService:
             if name
         ]
         intent = resolve_intent(facts.model, asks, self._table.default_policy)
+        limits = limits_from_headers(headers)
         verdict = None
         if self._classifier is not None and _needs_semantics(facts, intent):
             verdict = await self._classify(self._classifier, facts.routing_text, decision_id)
@@ -151,6 +164,7 @@ class RoutingService:
             catalogue=self._catalogue,
             snapshot=self._snapshot(),
             verdict=verdict,
+            limits=limits,
         )
         new_body = None
         if decision.model_rewritten:
@@ -210,6 +224,34 @@ class RoutingService:
             log.exception("decision %s: the classifier failed; deciding without it", decision_id)
             self._on_error("classifier")
             return abstention(FAILED)
+
+
+def limits_from_headers(headers: Mapping[str, str]) -> Limits:
+    """The client's limits from its headers; a malformed value is a RequestError naming it.
+
+    A blank header is no limit, as a blank x-router-policy is no policy.
+    """
+    cost = headers.get(MAX_COST_HEADER, "").strip()
+    latency = headers.get(MAX_LATENCY_HEADER, "").strip()
+    max_cost = float(cost) if _DECIMAL.fullmatch(cost) else math.nan
+    if cost and not (math.isfinite(max_cost) and max_cost > 0):
+        raise _bad_limit(MAX_COST_HEADER, cost, "a positive decimal number of US dollars")
+    max_latency_ms = int(latency) if _WHOLE.fullmatch(latency) else 0
+    if latency and not 0 < max_latency_ms <= _MAX_LATENCY_MS:
+        raise _bad_limit(
+            MAX_LATENCY_HEADER, latency, f"a whole number of milliseconds, 1 to {_MAX_LATENCY_MS}"
+        )
+    return Limits(
+        max_cost_usd=max_cost if cost else None,
+        max_latency_s=max_latency_ms / 1000 if latency else None,
+    )
+
+
+def _bad_limit(header: str, value: str, expected: str) -> RequestError:
+    shown = value if len(value) <= 40 else value[:40] + "..."
+    return RequestError(
+        f"{header} must be {expected}, got {shown!r}", code="invalid_limit", param=header
+    )
 
 
 def new_decision_id() -> str:

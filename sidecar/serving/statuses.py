@@ -1,7 +1,9 @@
 """Where router errors become wire statuses: HTTP with an OpenAI-style body, or gRPC.
 
 The only place that knows a `NotFoundError` is a 404 and a `RequestError` a 400; the core
-raises errors by kind and the edges call these.
+raises errors by kind and the edges call these. An `OutOfLimitsError` is a 400 over HTTP
+(the client's limits cannot be met), and FAILED_PRECONDITION over gRPC: the request is
+well formed, but the providers' current state does not allow it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,13 @@ import json
 
 import grpc
 
-from sidecar.errors import IndexLoadError, NotFoundError, RequestError, RouterError
+from sidecar.errors import (
+    IndexLoadError,
+    NotFoundError,
+    OutOfLimitsError,
+    RequestError,
+    RouterError,
+)
 
 
 def http_status(error: RequestError) -> int:
@@ -33,8 +41,8 @@ def grpc_status(error: RouterError) -> grpc.StatusCode:
     """The gRPC status of the project's API for a router error."""
     if isinstance(error, NotFoundError):
         return grpc.StatusCode.NOT_FOUND
+    if isinstance(error, OutOfLimitsError | IndexLoadError):
+        return grpc.StatusCode.FAILED_PRECONDITION
     if isinstance(error, RequestError):
         return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(error, IndexLoadError):
-        return grpc.StatusCode.FAILED_PRECONDITION
     return grpc.StatusCode.INTERNAL

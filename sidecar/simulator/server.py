@@ -7,7 +7,8 @@ admits it through the `AdmissionGate` (bounded concurrency, FIFO queue, 429 when
 spends simulated time on it through a `Pacer` (time to first token, then tokens per
 second, streamed in chunks as they are "generated"), and keeps the state `/metrics` and
 `/sim/requests` report. `PUT /sim/control` changes its behaviour while it runs (stall on
-demand, refuse models it does not serve; see `control`). All state belongs to one
+demand, refuse models it does not serve; see `control`); `/sim/prices` is a price list
+that can be changed while it runs, a stand-in price API (see `prices`). All state belongs to one
 `web.Application`; there is none at module level.
 """
 
@@ -31,6 +32,8 @@ from sidecar.simulator.config import SimulatorConfig, compile_weak_patterns
 from sidecar.simulator.control import Behaviour, check_failure, check_model, updated
 from sidecar.simulator.errors import ApiError, SimulatorConfigError
 from sidecar.simulator.load import AdmissionGate, QueueFullError, TrafficCounters, render_metrics
+from sidecar.simulator.prices import PriceList
+from sidecar.simulator.prices import as_json as prices_json
 from sidecar.simulator.protocol import (
     Endpoint,
     ResponseMeta,
@@ -193,12 +196,14 @@ class SimulatorState:
 
 
 _STATE = web.AppKey("simulator_state", SimulatorState)
+_PRICES = web.AppKey("price_list", PriceList)
 
 
 def build_app(config: SimulatorConfig, *, pacer: Pacer | None = None) -> web.Application:
     """The simulator's aiohttp application for one provider."""
     app = web.Application(middlewares=[_openai_errors], client_max_size=_MAX_BODY_BYTES)
     app[_STATE] = SimulatorState(config, pacer or LoopPacer())
+    app[_PRICES] = PriceList()
     app.router.add_post("/v1/chat/completions", _chat_completions)
     app.router.add_post("/v1/completions", _text_completions)
     app.router.add_get("/v1/models", _models)
@@ -208,6 +213,8 @@ def build_app(config: SimulatorConfig, *, pacer: Pacer | None = None) -> web.App
     app.router.add_delete("/sim/requests", _forget_requests)
     app.router.add_get("/sim/control", _control)
     app.router.add_put("/sim/control", _change_control)
+    app.router.add_get("/sim/prices", _prices)
+    app.router.add_put("/sim/prices", _change_prices)
     app.on_response_prepare.append(_stamp_headers)
     return app
 
@@ -375,6 +382,17 @@ async def _change_control(request: web.Request) -> web.Response:
     state.change(updated(state.behaviour, parse_json_object(await request.read())))
     log.info("simulator %s: behaviour now %s", state.config.name, state.behaviour)
     return web.json_response(state.control_json())
+
+
+async def _prices(request: web.Request) -> web.Response:
+    return web.json_response(prices_json(request.app[_PRICES].table))
+
+
+async def _change_prices(request: web.Request) -> web.Response:
+    prices = request.app[_PRICES]
+    prices.change(parse_json_object(await request.read()))
+    log.info("simulator %s: prices now %s", request.app[_STATE].config.name, prices.table)
+    return web.json_response(prices_json(prices.table))
 
 
 async def _recent_requests(request: web.Request) -> web.Response:

@@ -13,9 +13,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+import grpc
 import httpx
 import pytest
 
+from inference_router.v1 import router_pb2, router_pb2_grpc
 from sidecar.devstack.stack import LocalStack
 from tests.integration.conftest import start_stack
 
@@ -38,6 +40,17 @@ def _upstream(stack: LocalStack) -> str:
     reply = httpx.post(stack.base_url + "/v1/chat/completions", json=BODY, timeout=30)
     assert reply.status_code == 200, reply.text
     return reply.headers["x-router-upstream"]
+
+
+def decide(stack: LocalStack) -> router_pb2.DecideResponse:
+    """The decision for BODY, from the sidecar's Decide (no provider is called)."""
+    with grpc.insecure_channel(stack.sidecar_target) as channel:
+        stub = router_pb2_grpc.RouterStub(channel)  # type: ignore[no-untyped-call]
+        body = httpx.Request("POST", "/", json=BODY).read()
+        reply: router_pb2.DecideResponse = stub.Decide(
+            router_pb2.DecideRequest(body=body), timeout=10
+        )
+    return reply
 
 
 def _waiting(stack: LocalStack, cluster: str) -> float:
@@ -91,22 +104,19 @@ def test_a_deep_queue_on_the_cheaper_provider_moves_traffic_and_back(
     assert _upstream(stack) == "sim-mid-a"  # idle: the cheaper one
     with Flood(f"http://127.0.0.1:{stack.ports.providers['sim-mid-a']}", 38):
         _until(lambda: _waiting(stack, "sim-mid-a") >= 25, "sim-mid-a's queue builds", 15)
-        moved = _until(lambda: _upstream(stack) == "sim-mid-b", "traffic moves to sim-mid-b", 5)
+        # Timed with Decide: a request through Envoy that still went to the flooded
+        # provider would itself wait in its queue, and the wait would count as switch time.
+        moved = _until(lambda: decide(stack).upstream == "sim-mid-b", "decisions move", 10)
+        assert _upstream(stack) == "sim-mid-b"  # and a real request goes there
         print(f"moved {moved:.2f} s after the queue reached 25")
     _until(lambda: _waiting(stack, "sim-mid-a") == 0, "sim-mid-a's queue drains", 15)
-    back = _until(lambda: _upstream(stack) == "sim-mid-a", "traffic returns to sim-mid-a", 5)
+    back = _until(lambda: decide(stack).upstream == "sim-mid-a", "decisions come back", 10)
+    assert _upstream(stack) == "sim-mid-a"
     print(f"back {back:.2f} s after the queue drained")
 
 
 def test_decide_explains_the_queues_it_used(live_stack: LocalStack) -> None:
-    import grpc
-
-    from inference_router.v1 import router_pb2, router_pb2_grpc
-
-    with grpc.insecure_channel(live_stack.sidecar_target) as channel:
-        stub = router_pb2_grpc.RouterStub(channel)  # type: ignore[no-untyped-call]
-        body = httpx.Request("POST", "/", json=BODY).read()
-        reply = stub.Decide(router_pb2.DecideRequest(body=body), timeout=10)
+    reply = decide(live_stack)
     assert "sim-mid-a: 0 waiting" in reply.explanation.reason
     candidates = {c.cluster: c for c in reply.explanation.candidates}
     mid_a = candidates["sim-mid-a"]

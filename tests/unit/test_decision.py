@@ -118,9 +118,12 @@ def test_route_policy_applies_when_no_header() -> None:
 
 
 def test_intent_precedence() -> None:
-    # A router alias beats every ask; a real model name makes the policy moot.
+    # A router alias beats every ask; a real model keeps the asked policy, which chooses
+    # among the clusters serving it.
     assert _intent("router:cost", "quality", "quality") == Intent(Policy.COST)
-    assert _intent("gpt-big", "quality") == Intent(Policy.BALANCED, explicit_model="gpt-big")
+    assert _intent("gpt-big", "quality") == Intent(Policy.QUALITY, explicit_model="gpt-big")
+    assert _intent("gpt-big", None, "cost") == Intent(Policy.COST, explicit_model="gpt-big")
+    assert _intent("gpt-big") == Intent(TABLE.default_policy, explicit_model="gpt-big")
     assert _intent("auto", "  ", "speed") == Intent(Policy.SPEED)  # a blank ask is no ask
     assert _intent("auto") == Intent(TABLE.default_policy)
 
@@ -170,6 +173,48 @@ def test_explicit_model() -> None:
     with pytest.raises(NotFoundError) as caught:
         _decide("no-such-model")
     assert caught.value.code == "model_not_found" and caught.value.param == "model"
+
+
+@pytest.mark.parametrize(
+    ("policy", "upstream", "measure"),
+    [
+        # mid-a: cheaper (0.6/0.8), slower (0.2 s + 100 tok/s); mid-b: dearer, faster.
+        ("cost", "mid-a", "cheapest"),
+        ("balanced", "mid-a", "best for cost and expected latency together"),
+        ("speed", "mid-b", "fastest"),
+        ("quality", "mid-b", "fastest"),
+    ],
+)
+def test_the_policy_chooses_among_the_clusters_of_an_explicit_model(
+    policy: str, upstream: str, measure: str
+) -> None:
+    decision = _decide("llama-70b", header_policy=policy)
+    assert decision.route == "explicit" and decision.model == "llama-70b"
+    assert decision.upstream == upstream and decision.policy is Policy(policy)
+    assert f"{upstream} is the {measure} of 2 candidates" in decision.reason
+
+
+def test_quality_takes_the_fastest_of_the_heaviest_tier() -> None:
+    table = RoutingTable(tiers=("small", "mid"), default_route="mid")
+    facts = _facts("router:quality")
+    intent = resolve_intent(facts.model, [], table.default_policy)
+    decision = decide(
+        facts,
+        intent,
+        decision_id="q",
+        table=table,
+        catalogue=CATALOGUE,
+        snapshot=ProviderSnapshot(),
+    )
+    assert decision.tier == "mid" and decision.upstream == "mid-b"  # faster, not cheaper
+
+
+def test_a_candidate_shows_the_price_it_was_costed_at() -> None:
+    live = ProviderSnapshot({"mid-b": ProviderState(price=Price(0.1, 0.2), notes=("live",))})
+    candidates = {c.cluster: c for c in _decide(snapshot=live).candidates}
+    assert candidates["mid-a"].price == Price(0.6, 0.8)  # static, from the catalogue
+    assert candidates["mid-b"].price == Price(0.1, 0.2)
+    assert candidates["mid-b"].notes == ("live",)
 
 
 def test_live_state_moves_traffic() -> None:

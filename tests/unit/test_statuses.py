@@ -11,6 +11,7 @@ from sidecar.errors import (
     ConfigError,
     IndexLoadError,
     NotFoundError,
+    OutOfLimitsError,
     RequestError,
     RouterError,
 )
@@ -20,6 +21,7 @@ from sidecar.serving.statuses import grpc_status, http_status, openai_error_body
 def test_a_bad_request_is_400_and_an_unknown_thing_404() -> None:
     assert http_status(RequestError("bad")) == 400
     assert http_status(NotFoundError("gone", code="model_not_found")) == 404
+    assert http_status(OutOfLimitsError("nothing fits")) == 400
 
 
 def test_the_openai_body_carries_every_field() -> None:
@@ -41,6 +43,7 @@ def test_the_openai_body_carries_every_field() -> None:
     [
         (NotFoundError("gone"), grpc.StatusCode.NOT_FOUND),
         (RequestError("bad"), grpc.StatusCode.INVALID_ARGUMENT),
+        (OutOfLimitsError("nothing fits"), grpc.StatusCode.FAILED_PRECONDITION),
         (IndexLoadError("corrupt"), grpc.StatusCode.FAILED_PRECONDITION),
         (ConfigError("ours"), grpc.StatusCode.INTERNAL),
     ],
