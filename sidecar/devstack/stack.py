@@ -14,6 +14,11 @@ traffic within about a second, and stopping that simulator shows the feed going 
 Children die with us and their ports are checked before they start
 (`sidecar.devstack.processes`); restarting what dies is opt-in
 (`sidecar.devstack.supervision`).
+
+Tracing follows OTEL_EXPORTER_OTLP_ENDPOINT in the stack's environment: when set, the
+rendered Envoy config gets Envoy's OpenTelemetry tracer (every request sampled) and an
+`otel_collector` cluster pointing at it, and the sidecar inherits the variable, so both
+export to the same collector; when unset, neither traces.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -59,6 +65,10 @@ PRICE_PATH = "/sim/prices"
 # that goes away is noticed (static prices, "stale" in the reasons) within 5-6 s.
 PRICE_FEED_INTERVAL_S = 1.0
 PRICE_FEED_MAX_AGE_S = 5.0
+OTEL_CLUSTER = "otel_collector"
+OTLP_ENDPOINT_VARIABLE = "OTEL_EXPORTER_OTLP_ENDPOINT"
+_OTLP_GRPC_PORT = 4317
+_HCM = "envoy.filters.network.http_connection_manager"
 
 
 def envoy_binary() -> str:
@@ -127,6 +137,67 @@ def render_config(config: Mapping[str, object], ports: StackPorts) -> dict[str, 
     return rendered
 
 
+def otlp_address(endpoint: str) -> tuple[str, int]:
+    """Host and port of an OTLP/gRPC endpoint: `http://host:4317`, or a bare `host:port`."""
+    parsed = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+    if parsed.scheme != "http" or not parsed.hostname:
+        raise ConfigError(
+            f"{OTLP_ENDPOINT_VARIABLE}={endpoint!r}: the local stack expects "
+            f"http://host:port (a plain-text OTLP/gRPC collector, e.g. http://127.0.0.1:4317)"
+        )
+    try:
+        port = parsed.port or _OTLP_GRPC_PORT
+    except ValueError as exc:
+        raise ConfigError(f"{OTLP_ENDPOINT_VARIABLE}={endpoint!r}: {exc}") from exc
+    return parsed.hostname, port
+
+
+def enable_tracing(config: dict[str, object], host: str, port: int) -> None:
+    """Give every HTTP connection manager Envoy's OpenTelemetry tracer, exporting to host:port.
+
+    Every request is sampled (the sidecar follows Envoy's decision), and the router
+    filter's upstream attempts get spans of their own (spawn_upstream_span).
+    """
+    tracing = {
+        "random_sampling": {"value": 100},
+        "spawn_upstream_span": True,
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                "grpc_service": {"envoy_grpc": {"cluster_name": OTEL_CLUSTER}, "timeout": "1s"},
+                "service_name": "envoy",
+            },
+        },
+    }
+    for node in walk_mappings(config):
+        typed = node.get("typed_config")
+        if node.get("name") == _HCM and isinstance(typed, dict):
+            typed["tracing"] = copy.deepcopy(tracing)
+    static = config["static_resources"]
+    if not isinstance(static, dict):
+        raise ConfigError("the Envoy config has no static_resources mapping")
+    address = {"socket_address": {"address": host, "port_value": port}}
+    static["clusters"].append(
+        {
+            "name": OTEL_CLUSTER,
+            "type": "STRICT_DNS",
+            "connect_timeout": "1s",
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3"
+                    ".HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}},
+                }
+            },
+            "load_assignment": {
+                "cluster_name": OTEL_CLUSTER,
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+            },
+        }
+    )
+
+
 def set_fail_open(config: dict[str, object], fail_open: bool) -> None:
     """Flip the ext_proc filter between fail-open and fail-closed, in place."""
     for node in walk_mappings(config):
@@ -171,8 +242,13 @@ class LocalStack:
         workdir: Path | None = None,
         quiet: bool = False,
         price_feed: bool = True,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.source = load_envoy_yaml(envoy_config)
+        # The children's environment; its OTEL_* variables turn tracing on (module doc).
+        self._environ = dict(os.environ if environ is None else environ)
+        endpoint = self._environ.get(OTLP_ENDPOINT_VARIABLE, "").strip()
+        self._collector = otlp_address(endpoint) if endpoint else None
         self.catalogue = catalogue_from_envoy_config(self.source, str(envoy_config))
         self.ports = ports or StackPorts(
             providers={p.cluster: 8101 + i for i, p in enumerate(self.catalogue.providers)}
@@ -285,6 +361,7 @@ class LocalStack:
                     stderr=log_file,
                     start_new_session=True,
                     preexec_fn=self._preexec,
+                    env=self._environ,
                 )
         except OSError as exc:
             raise StackError(f"cannot start {name} ({argv[0]}): {exc}") from exc
@@ -372,6 +449,8 @@ class LocalStack:
     def _write_config(self) -> None:
         rendered = render_config(self.source, self.ports)
         set_fail_open(rendered, self._fail_open)
+        if self._collector is not None:
+            enable_tracing(rendered, *self._collector)
         self.config_path.write_text(yaml.safe_dump(rendered, sort_keys=False))
         if self._price_feed:
             self.settings_path.write_text(yaml.safe_dump(sidecar_settings(self.price_url)))

@@ -163,6 +163,7 @@ class EnvoyHealthFeed(Poller):
         try:
             await self.poll()
         except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+            self.record_read(False)
             self._failures += 1
             if self._failures == 1:
                 # Before any reading this is Envoy still starting: not worth a warning.
@@ -174,6 +175,7 @@ class EnvoyHealthFeed(Poller):
                     self.url, str(error) or type(error).__name__, self._max_age_s,
                 )  # fmt: skip
         else:
+            self.record_read(True)
             if self._failures:
                 log.info("reading provider health from Envoy again at %s", self.url)
             self._failures = 0

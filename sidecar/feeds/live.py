@@ -135,6 +135,15 @@ class LiveBoard:
         """A fresh price list (cluster -> price) from `source`."""
         self._prices = PriceReading(dict(prices), source, self._clock())
 
+    def reading_ages(self) -> list[tuple[str, str, float]]:
+        """(feed, cluster, seconds since read) of each provider's latest load and price."""
+        now = self._clock()
+        ages = [("load", cluster, now - load.taken_at) for cluster, load in self._loads.items()]
+        prices = self._prices
+        if prices is not None:
+            ages.extend(("price", cluster, now - prices.taken_at) for cluster in prices.prices)
+        return ages
+
     def snapshot(self) -> ProviderSnapshot:
         """What the decision core routes by, now."""
         now = self._clock()

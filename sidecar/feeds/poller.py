@@ -3,14 +3,18 @@
 A feed subclasses `Poller` and writes `tick`: read its source once, record what it read,
 and return how long to wait before the next read (its interval, or a backoff after a
 failure). `start` opens the session (a timeout on every call) and the task; `stop` ends
-the task between ticks and closes the session.
+the task between ticks and closes the session. A tick reports each read of its source
+with `record_read`, so the sidecar's metrics can say how often a feed fails and how
+old its last good read is (read when /metrics is scraped, not pushed on every tick).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import aiohttp
 
@@ -18,12 +22,31 @@ import aiohttp
 class Poller(ABC):
     """A background loop of `tick` calls over one shared aiohttp session."""
 
-    def __init__(self, name: str, *, timeout_s: float) -> None:
+    def __init__(
+        self, name: str, *, timeout_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._name = name
         self._timeout_s = timeout_s
+        self._read_clock = clock
         self._http: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self.reads = 0  # reads of the source that succeeded
+        self.read_errors = 0  # reads that failed
+        self.last_read_at: float | None = None  # monotonic time of the last good read
+
+    @property
+    def name(self) -> str:
+        """The feed's name, in logs and metric labels."""
+        return self._name
+
+    def record_read(self, ok: bool) -> None:
+        """Count one read of the source, good or failed (a tick calls it)."""
+        if ok:
+            self.reads += 1
+            self.last_read_at = self._read_clock()
+        else:
+            self.read_errors += 1
 
     @property
     def session(self) -> aiohttp.ClientSession:

@@ -72,11 +72,13 @@ class PriceFeed(Poller):
         try:
             await self.read_once()
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError, yaml.YAMLError) as e:
+            self.record_read(False)
             if not self._failing:
                 log.warning("cannot read prices from %s: %s; the last list ages out, "
                             "then static prices apply", self._source, e)  # fmt: skip
             self._failing = True
         else:
+            self.record_read(True)
             if self._failing:
                 log.info("reading prices from %s again", self._source)
             self._failing = False

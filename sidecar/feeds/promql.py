@@ -269,12 +269,14 @@ class PrometheusLoadFeed(Poller):
         try:
             await self.query_once()
         except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+            self.record_read(False)
             self._failures += 1
             if self._failures == 1:
                 log.warning("cannot read provider load from Prometheus at %s: %s; "
                             "readings age out after %.0fs", self.url,
                             str(error) or type(error).__name__, self._window_s)  # fmt: skip
         else:
+            self.record_read(True)
             if self._failures:
                 log.info("reading provider load from Prometheus again at %s", self.url)
             self._failures = 0

@@ -81,6 +81,7 @@ class LoadScraper(Poller):
                 text = await response.text()
             sample = parse_load(text, target.metrics)
         except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+            self.record_read(False)
             if target.cluster not in self._failing:
                 self._failing.add(target.cluster)
                 log.warning("cannot read the load of %s at %s: %s", target.cluster, target.url,
@@ -89,4 +90,5 @@ class LoadScraper(Poller):
         if target.cluster in self._failing:
             self._failing.discard(target.cluster)
             log.info("reading the load of %s again", target.cluster)
+        self.record_read(True)
         self._board.record_load(target.cluster, sample)

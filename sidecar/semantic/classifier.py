@@ -29,8 +29,11 @@ a swap invalidates it without a lock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -49,6 +52,15 @@ from sidecar.semantic.static_embedder import StaticEmbedder
 log = logging.getLogger(__name__)
 
 INDEX_POLL_S = 2.0
+
+# Times one named stage of a decision ("stage1", "embed", "search", ...): the serving
+# layer makes it a tracing span and a histogram; here it is only a context to run in.
+StageTimer = Callable[[str], AbstractContextManager[object]]
+
+
+def untimed(_: str) -> AbstractContextManager[object]:
+    """The StageTimer that times nothing."""
+    return contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,11 @@ class SemanticClassifier:
         self._cache_size = cache_size
         self._reload_lock = asyncio.Lock()
         self._max_queue_s = max_queue_s
+        self._timer: StageTimer = untimed
+
+    def time_stages(self, timer: StageTimer) -> None:
+        """Run each stage (stage1, embed, search) inside `timer(stage)` from now on."""
+        self._timer = timer
 
     async def classify(self, text: str) -> RouteVerdict:
         """Stage 1, then (unless it is confident) stage 2; exact repeats come from the cache."""
@@ -106,10 +123,12 @@ class SemanticClassifier:
                 1000 * self._batcher.expected_wait_s(), 1000 * self._max_queue_s,
             )  # fmt: skip
             return abstention(SHED) if first is None else replace(first, overloaded=True)
-        vector = await self._batcher.embed(text)
-        index, generation = self._index, self._generation
-        neighbours = index.search(vector.reshape(1, -1), self._config.k)[0]
-        result = stage2_verdict(index, vector, neighbours, self._config)
+        with self._timer("embed"):
+            vector = await self._batcher.embed(text)
+        with self._timer("search"):
+            index, generation = self._index, self._generation
+            neighbours = index.search(vector.reshape(1, -1), self._config.k)[0]
+            result = stage2_verdict(index, vector, neighbours, self._config)
         self._remember((generation, text), result)
         return result
 
@@ -118,7 +137,8 @@ class SemanticClassifier:
         heads = self._index.heads
         if self._static is None or heads is None or heads.stage1 is None:
             return None
-        return stage1_verdict(heads, self._static.embed_one(text), self._config)
+        with self._timer("stage1"):
+            return stage1_verdict(heads, self._static.embed_one(text), self._config)
 
     def _remember(self, key: tuple[int, str], verdict: RouteVerdict) -> None:
         if self._cache_size:

@@ -6,7 +6,9 @@ remember them), then the whole body in one message; the decision is answered in 
 body response: routing headers, a `model` rewrite with a matching `content-length`, and
 `clear_route_cache` so Envoy re-matches the route on the header we just set. A bad
 request gets an ImmediateResponse with an OpenAI-style error body. Nothing here decides
-anything; it only translates between Envoy's messages and the service.
+anything; it only translates between Envoy's messages and the service. Each decision
+runs in a `router.decision` span continuing the trace Envoy passes in the stream's gRPC
+metadata (sidecar/serving/tracing.py), when tracing is on.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
 from envoy.type.v3 import http_status_pb2
+from opentelemetry.trace import Span
 
 from sidecar.core.request import MODELS_PATH, endpoint_for_path
 from sidecar.core.vote import FAILED, SHED, STAGE_STATIC
@@ -33,6 +36,9 @@ from sidecar.serving.service import (
     new_decision_id,
 )
 from sidecar.serving.statuses import http_status, openai_error_body
+from sidecar.serving.tracing import DecisionTracer, decision_attributes
+
+Metadata = tuple[tuple[str, str | bytes], ...]
 
 log = logging.getLogger(__name__)
 
@@ -146,10 +152,16 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
     """Answers Envoy's ext_proc streams with routing decisions."""
 
     def __init__(
-        self, service: RoutingService, metrics: RouterMetrics, *, max_message_timeout_s: float = 0.0
+        self,
+        service: RoutingService,
+        metrics: RouterMetrics,
+        *,
+        max_message_timeout_s: float = 0.0,
+        tracer: DecisionTracer | None = None,
     ) -> None:
         self._service = service
         self._metrics = metrics
+        self._tracer = tracer or DecisionTracer(None)
         # A big body may need longer than Envoy's message_timeout; Envoy grants up to its
         # max_message_timeout when asked before the timer runs out (0: it grants nothing).
         self._extend: ext.ProcessingResponse | None = None
@@ -164,7 +176,8 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
         context: grpc.aio.ServicerContext[ext.ProcessingRequest, ext.ProcessingResponse],
     ) -> AsyncIterator[ext.ProcessingResponse]:
         """Handle one HTTP request's worth of ext_proc messages."""
-        route_policy = _metadata_value(context.invocation_metadata(), ROUTE_POLICY_METADATA)
+        metadata: Metadata = tuple(context.invocation_metadata() or ())
+        route_policy = _metadata_value(metadata, ROUTE_POLICY_METADATA)
         headers: dict[str, str] = {}
         async for message in request_iterator:
             phase = message.WhichOneof("request")
@@ -178,7 +191,7 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
                 body = message.request_body.body
                 if self._extend is not None and len(body) >= BIG_BODY_BYTES:
                     yield self._extend
-                yield await self._on_body(headers, body, route_policy)
+                yield await self._on_body(headers, body, route_policy, metadata)
             else:
                 yield _passthrough(phase or "")
 
@@ -193,12 +206,28 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
         return error_response(error)
 
     async def _on_body(
-        self, headers: Mapping[str, str], body: bytes, route_policy: str | None
+        self,
+        headers: Mapping[str, str],
+        body: bytes,
+        route_policy: str | None,
+        metadata: Metadata,
     ) -> ext.ProcessingResponse:
         started = time.perf_counter()
         path = headers.get(":path", "")
         if endpoint_for_path(path) is None:
             return ext.ProcessingResponse(request_body=ext.BodyResponse())
+        with self._tracer.decision(metadata) as span:
+            return await self._decide(path, headers, body, route_policy, span, started)
+
+    async def _decide(
+        self,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        route_policy: str | None,
+        span: Span | None,
+        started: float,
+    ) -> ext.ProcessingResponse:
         decision_id = new_decision_id()
         try:
             routed = await self._service.route(
@@ -206,6 +235,8 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
             )
         except RequestError as error:
             self._metrics.rejected(error.code)
+            if span is not None:
+                span.set_attribute("router.rejected", error.code)
             return error_response(error)
         except Exception:
             # A bug must not become a silent gRPC UNKNOWN (Envoy would fail open with no
@@ -218,9 +249,11 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
                 log.exception("decision %s: no default decision either; Envoy's fallback route "
                               "serves the request", decision_id)  # fmt: skip
                 return ext.ProcessingResponse(request_body=ext.BodyResponse())
-        self._metrics.decided(
-            routed.decision, classifier_outcome(routed), time.perf_counter() - started
-        )
+        outcome = classifier_outcome(routed)
+        if span is not None and span.is_recording():
+            capture = self._tracer.capture_content
+            span.set_attributes(decision_attributes(routed, outcome, capture_content=capture))
+        self._metrics.decided(routed.decision, outcome, time.perf_counter() - started)
         return decision_response(routed, len(body))
 
 

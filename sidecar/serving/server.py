@@ -8,7 +8,10 @@ period, then the server stops.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -35,10 +38,12 @@ from sidecar.serving.composition import (
     build_semantic,
     passive_learner,
 )
+from sidecar.serving.explain import EXPLAIN_PATH, Handler, explain_handler
 from sidecar.serving.extproc import ExternalProcessor
 from sidecar.serving.feed_api import FeedApi
 from sidecar.serving.metrics import RouterMetrics
 from sidecar.serving.service import RoutingService
+from sidecar.serving.tracing import stage_timer, start_tracing
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +71,7 @@ class RunningSidecar:
     semantic: SemanticParts | None
     feeds: tuple[Poller, ...] = ()
     access_log: AccessLogReceiver | None = None
+    stop_tracing: Callable[[], None] = lambda: None
 
     async def stop(self, grace_s: float) -> None:
         """Drain: report NOT_SERVING, let in-flight streams finish, then stop."""
@@ -81,6 +87,8 @@ class RunningSidecar:
             await self.admin.cleanup()
             if self.semantic is not None:
                 await self.semantic.close()
+            # Flushes the spans still queued (a blocking export: off the loop).
+            await asyncio.to_thread(self.stop_tracing)
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -89,17 +97,25 @@ def _split_address(address: str) -> tuple[str, int]:
 
 
 async def start_sidecar(
-    settings: Settings, semantic_factory: SemanticFactory = build_semantic
+    settings: Settings,
+    semantic_factory: SemanticFactory = build_semantic,
+    environ: Mapping[str, str] | None = None,
 ) -> RunningSidecar:
-    """Load everything, open the ports and report SERVING."""
+    """Load everything, open the ports and report SERVING.
+
+    Tracing follows the OTEL_* variables of `environ` (the process environment by default).
+    """
     envoy_config = load_envoy_yaml(settings.envoy_config)
     catalogue = catalogue_from_envoy_config(envoy_config, str(settings.envoy_config))
     learner = passive_learner(settings.passive_feed, catalogue)
     board, feeds = build_feeds(settings, envoy_config, catalogue, learner)
     semantic = await semantic_factory(settings)
     metrics = RouterMetrics()
+    tracing = start_tracing(os.environ if environ is None else environ)
+    timer = stage_timer(tracing.tracer, metrics.stage_seconds)
     if semantic is not None:
         metrics.watch_classifier(semantic.classifier.expected_wait_s)
+        semantic.classifier.time_stages(timer)
     service = RoutingService(
         table=settings.routing_table(),
         catalogue=catalogue,
@@ -107,6 +123,7 @@ async def start_sidecar(
         classifier=semantic.classifier if semantic else None,
         log_prompts=settings.log_prompts,
         on_error=metrics.error,
+        stage_timer=timer,
     )
     limit = settings.max_body_bytes + _GRPC_ENVELOPE_BYTES
     server = grpc.aio.server(
@@ -119,13 +136,18 @@ async def start_sidecar(
         ]
     )
     processor = ExternalProcessor(
-        service, metrics, max_message_timeout_s=ext_proc_max_message_timeout_s(envoy_config)
+        service,
+        metrics,
+        max_message_timeout_s=ext_proc_max_message_timeout_s(envoy_config),
+        tracer=tracing.tracer,
     )
     ext_grpc.add_ExternalProcessorServicer_to_server(processor, server)
     router_pb2_grpc.add_RouterServicer_to_server(  # type: ignore[no-untyped-call]
         RouterApi(service, metrics, semantic.reload_index if semantic else None), server
     )
     access_log = None if learner is None else AccessLogReceiver(learner)
+    metrics.watch_providers(catalogue, board.snapshot)
+    metrics.watch_feeds(board, feeds, access_log)
     if access_log is not None:
         # Envoy's router streams its log of upstream attempts here (envoy/*.yaml).
         als_pb2_grpc.add_AccessLogServiceServicer_to_server(access_log, server)
@@ -144,7 +166,10 @@ async def start_sidecar(
         raise ConfigError(f"listen: cannot bind {settings.listen}: {exc}") from exc
     admin_host, admin_port = _split_address(settings.admin_listen)
     readiness = Readiness()
-    admin = await _start_admin(metrics, readiness, admin_host, admin_port)
+    explain = explain_handler(service, metrics, settings.max_body_bytes)
+    admin = await _start_admin(
+        metrics, readiness, admin_host, admin_port, explain, settings.max_body_bytes
+    )
     await server.start()
     for feed in feeds:
         await feed.start()
@@ -163,11 +188,17 @@ async def start_sidecar(
         semantic,
         feeds,
         access_log,
+        tracing.shutdown,
     )
 
 
 async def _start_admin(
-    metrics: RouterMetrics, readiness: Readiness, host: str, port: int
+    metrics: RouterMetrics,
+    readiness: Readiness,
+    host: str,
+    port: int,
+    explain: Handler,
+    max_body_bytes: int,
 ) -> web.AppRunner:
     async def metrics_handler(_: web.Request) -> web.Response:
         return web.Response(body=metrics.exposition(), content_type="text/plain")
@@ -176,8 +207,9 @@ async def _start_admin(
         serving = readiness.serving
         return web.json_response({"serving": serving}, status=200 if serving else 503)
 
-    app = web.Application()
+    app = web.Application(client_max_size=max_body_bytes)
     app.router.add_get("/metrics", metrics_handler)
+    app.router.add_post(EXPLAIN_PATH, explain)
     app.router.add_get("/readyz", ready_handler)
     app.router.add_get("/healthz", _ok)
     runner = web.AppRunner(app, access_log=None)

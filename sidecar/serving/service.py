@@ -26,6 +26,7 @@ from sidecar.core.policy import ALIAS_PREFIX, AUTO_MODEL, Intent, Policy, Policy
 from sidecar.core.request import Endpoint, RequestFacts, endpoint_for_path, parse_request
 from sidecar.core.vote import FAILED, RouteVerdict, abstention
 from sidecar.errors import NotFoundError, RequestError, RouterError
+from sidecar.semantic.classifier import StageTimer, untimed
 from sidecar.serving.body import BIG_BODY_BYTES, BodyBudget, decode_body, encode_body
 
 log = logging.getLogger(__name__)
@@ -57,12 +58,13 @@ class Classifier(Protocol):
 class Routed:
     """A decision, the classifier's verdict behind it, and the body to forward.
 
-    `body` is None when the body goes on unchanged.
+    `body` is None when the body goes on unchanged; `facts` is None for a fallback.
     """
 
     decision: Decision
     verdict: RouteVerdict | None
     body: bytes | None
+    facts: RequestFacts | None = None
 
 
 class RoutingService:
@@ -78,8 +80,10 @@ class RoutingService:
         log_prompts: bool = False,
         on_error: Callable[[str], None] = lambda kind: None,
         body_budget_bytes: int = 16 << 20,
+        stage_timer: StageTimer = untimed,
     ) -> None:
         table.validate(catalogue)
+        self._timer = stage_timer
         self._log_prompts = log_prompts
         self._on_error = on_error
         self._budget = BodyBudget(body_budget_bytes)
@@ -141,31 +145,33 @@ class RoutingService:
         decision_id: str,
     ) -> Routed:
         offload = len(body) >= BIG_BODY_BYTES
-        payload = await asyncio.to_thread(decode_body, body) if offload else decode_body(body)
-        facts = parse_request(endpoint, payload)
-        asks = [
-            PolicyAsk(name, source)
-            for name, source in (
-                (headers.get(POLICY_HEADER), POLICY_HEADER),
-                (route_policy, "route policy"),
-            )
-            if name
-        ]
-        intent = resolve_intent(facts.model, asks, self._table.default_policy)
-        limits = limits_from_headers(headers)
+        with self._timer("parse"):
+            payload = await asyncio.to_thread(decode_body, body) if offload else decode_body(body)
+            facts = parse_request(endpoint, payload)
+            asks = [
+                PolicyAsk(name, source)
+                for name, source in (
+                    (headers.get(POLICY_HEADER), POLICY_HEADER),
+                    (route_policy, "route policy"),
+                )
+                if name
+            ]
+            intent = resolve_intent(facts.model, asks, self._table.default_policy)
+            limits = limits_from_headers(headers)
         verdict = None
         if self._classifier is not None and _needs_semantics(facts, intent):
             verdict = await self._classify(self._classifier, facts.routing_text, decision_id)
-        decision = decide(
-            facts,
-            intent,
-            decision_id=decision_id,
-            table=self._table,
-            catalogue=self._catalogue,
-            snapshot=self._snapshot(),
-            verdict=verdict,
-            limits=limits,
-        )
+        with self._timer("policy"):
+            decision = decide(
+                facts,
+                intent,
+                decision_id=decision_id,
+                table=self._table,
+                catalogue=self._catalogue,
+                snapshot=self._snapshot(),
+                verdict=verdict,
+                limits=limits,
+            )
         new_body = None
         if decision.model_rewritten:
             new_body = (
@@ -184,7 +190,7 @@ class RoutingService:
                 "decision %s: %s -> %s (%s)",
                 decision.decision_id, decision.route, decision.upstream, decision.reason,
             )  # fmt: skip
-        return Routed(decision=decision, verdict=verdict, body=new_body)
+        return Routed(decision=decision, verdict=verdict, body=new_body, facts=facts)
 
     def fallback(self, body: bytes, decision_id: str) -> Routed:
         """The default policy's decision, for a request whose routing failed unexpectedly.

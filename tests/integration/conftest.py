@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -19,9 +19,16 @@ START_ATTEMPTS = 3
 
 
 def start_stack(
-    tmp: Path, *, fail_open: bool = True, sidecar_args: tuple[str, ...] = ()
+    tmp: Path,
+    *,
+    fail_open: bool = True,
+    sidecar_args: tuple[str, ...] = (),
+    environ: Mapping[str, str] | None = None,
 ) -> LocalStack:
-    """Start a full stack on ports chosen now; the caller stops it."""
+    """Start a full stack on ports chosen now; the caller stops it.
+
+    `environ` is the children's environment (this process's by default).
+    """
     catalogue = load_catalogue(LOCAL_CONFIG)
     for attempt in range(1, START_ATTEMPTS + 1):
         workdir = tmp / f"attempt-{attempt}"
@@ -32,6 +39,7 @@ def start_stack(
             sidecar_args=sidecar_args,
             workdir=workdir,
             quiet=True,
+            environ=environ,
         )
         try:
             stack.start()  # stops whatever it started if any part fails
