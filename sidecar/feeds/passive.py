@@ -27,6 +27,13 @@ the time to the first byte and to the end. Envoy streams these facts to the side
   so tokens per second are not learned here.
 - *Error rate*, an EWMA over attempts (429s and failures count), shown in the reasons
   when it is notable.
+- *Its own requests in flight.* A queue reading is up to one scrape interval old, and a
+  burst can pile dozens of requests onto the cheapest provider before the next one. So
+  the router also counts what it sent itself (`sent`, from the ext_proc adapter) and
+  has not yet heard answered (each logged attempt ends one): beyond the provider's
+  `max_concurrency` slots, those requests must be waiting, and the decision takes the
+  larger of that and the last reading. Requests answered without an attempt Envoy logs
+  would stay counted, so an entry older than `max_age_s` is forgotten.
 
 Memory is bounded: one fixed-size record per provider of the catalogue; attempts at any
 other cluster are ignored. Learned figures older than `max_age_s` are dropped, so a
@@ -40,6 +47,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC
@@ -52,6 +60,8 @@ from sidecar.core.decision import ProviderSnapshot
 EWMA_ALPHA = 0.2
 # An error rate is shown in the reasons from this share up.
 NOTABLE_ERROR_RATE = 0.1
+# Requests sent and not yet answered, remembered per provider at most (memory bound).
+MAX_IN_FLIGHT_TRACKED = 4096
 
 RETRY_AFTER = "retry-after"
 # The rate-limit headers OpenAI-compatible providers send: remaining, and when it resets.
@@ -93,6 +103,8 @@ class PassiveSignal:
     avoid: bool = False
     # A TTFT to decide by instead of the catalogue's (slower than it), or None.
     ttft_s: float | None = None
+    # Requests this router sent beyond the provider's slots, not yet answered: waiting.
+    own_waiting: float = 0.0
     notes: tuple[str, ...] = ()
 
 
@@ -109,10 +121,14 @@ def with_signals(
         if signal.ttft_s is not None:
             # A lower bound: it can only raise what another feed (or the YAML) says.
             ttft = signal.ttft_s if ttft is None else max(ttft, signal.ttft_s)
+        waiting = state.queue_waiting
+        if signal.own_waiting > (waiting or 0.0):
+            waiting = signal.own_waiting
         states[cluster] = replace(
             state,
             healthy=state.healthy and not signal.avoid,
             ttft_s=ttft,
+            queue_waiting=waiting,
             notes=state.notes + signal.notes,
         )
     return ProviderSnapshot(states=states)
@@ -198,16 +214,27 @@ class PassiveLearner:
         max_age_s: float = 60.0,
     ) -> None:
         self._ttft_s = {provider.cluster: provider.ttft_s for provider in catalogue.providers}
+        self._slots = {p.cluster: p.max_concurrency for p in catalogue.providers}
+        self._in_flight: dict[str, deque[float]] = {}
         self._max_cooldown_s = max_cooldown_s
         self._backoff_s = backoff_s
         self._failure_run = failure_run
         self._max_age_s = max_age_s
         self._tracks: dict[str, _Track] = {}
 
+    def sent(self, cluster: str, now: float) -> None:
+        """The router sent a request to `cluster` (its answer will be logged)."""
+        if cluster in self._slots:
+            queue = self._in_flight.setdefault(cluster, deque(maxlen=MAX_IN_FLIGHT_TRACKED))
+            queue.append(now)
+
     def observe(self, seen: Observation, now: float) -> str | None:
         """Learn from one attempt; a sentence for the log when it starts a wait, else None."""
         if seen.cluster not in self._ttft_s:
             return None  # not a provider of the catalogue: nothing to learn, nothing to keep
+        sent = self._in_flight.get(seen.cluster)
+        if sent:
+            sent.popleft()  # one attempt answered (which one does not matter for a count)
         track = self._tracks.setdefault(seen.cluster, _Track())
         headers = seen.headers or {}
         started = self._rate_limit_spent(track, headers, now)
@@ -234,8 +261,16 @@ class PassiveLearner:
     def signals(self, now: float) -> dict[str, PassiveSignal]:
         """What to tell the decision about each provider with something to say, at `now`."""
         signals: dict[str, PassiveSignal] = {}
+        for cluster in self._in_flight.keys() - self._tracks.keys():
+            self._tracks[cluster] = _Track()  # sent to, nothing heard yet
         for cluster, track in self._tracks.items():
             notes: list[str] = []
+            unanswered = self._unanswered(cluster, now)
+            own_waiting = float(max(0, unanswered - self._slots[cluster]))
+            if own_waiting:
+                notes.append(
+                    f"{unanswered} sent by this router unanswered: at least {own_waiting:g} waiting"
+                )
             avoid = now < track.until
             if avoid:
                 notes.append(
@@ -251,8 +286,19 @@ class PassiveLearner:
             if rate is not None and rate >= NOTABLE_ERROR_RATE:
                 notes.append(f"errors in {rate:.0%} of recent attempts")
             if notes:
-                signals[cluster] = PassiveSignal(avoid=avoid, ttft_s=ttft, notes=tuple(notes))
+                signals[cluster] = PassiveSignal(
+                    avoid=avoid, ttft_s=ttft, own_waiting=own_waiting, notes=tuple(notes)
+                )
         return signals
+
+    def _unanswered(self, cluster: str, now: float) -> int:
+        """Requests sent to `cluster` not yet answered, forgetting those older than max_age_s."""
+        sent = self._in_flight.get(cluster)
+        if not sent:
+            return 0
+        while sent and now - sent[0] > self._max_age_s:
+            sent.popleft()
+        return len(sent)
 
     def _slow_start_s(self, cluster: str, track: _Track, now: float) -> float | None:
         """The streams' first byte when fresh and slower than the catalogue's TTFT."""

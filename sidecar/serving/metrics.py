@@ -119,9 +119,16 @@ class RouterMetrics:
             buckets=(0.00005, 0.0001, *_LATENCY_BUCKETS),
             registry=self.registry,
         )
+        self._listeners: list[Callable[[Decision, str], None]] = []
+
+    def on_decided(self, listener: Callable[[Decision, str], None]) -> None:
+        """Also hand each recorded decision and its classifier outcome to `listener`."""
+        self._listeners.append(listener)
 
     def decided(self, decision: Decision, classifier: str, seconds: float) -> None:
         """Record one decision, what the classifier did for it, and how long it took."""
+        for listener in self._listeners:
+            listener(decision, classifier)
         self._decisions.labels(
             decision.upstream, decision.route, decision.policy.value, classifier
         ).inc()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -41,6 +42,7 @@ from sidecar.serving.composition import (
 from sidecar.serving.explain import EXPLAIN_PATH, Handler, explain_handler
 from sidecar.serving.extproc import ExternalProcessor
 from sidecar.serving.feed_api import FeedApi
+from sidecar.serving.live_view import DecisionLog, LiveView
 from sidecar.serving.metrics import RouterMetrics
 from sidecar.serving.service import RoutingService
 from sidecar.serving.tracing import stage_timer, start_tracing
@@ -140,6 +142,9 @@ async def start_sidecar(
         metrics,
         max_message_timeout_s=ext_proc_max_message_timeout_s(envoy_config),
         tracer=tracing.tracer,
+        on_sent=(lambda cluster: None)
+        if learner is None
+        else (lambda cluster: learner.sent(cluster, time.monotonic())),
     )
     ext_grpc.add_ExternalProcessorServicer_to_server(processor, server)
     router_pb2_grpc.add_RouterServicer_to_server(  # type: ignore[no-untyped-call]
@@ -148,6 +153,9 @@ async def start_sidecar(
     access_log = None if learner is None else AccessLogReceiver(learner)
     metrics.watch_providers(catalogue, board.snapshot)
     metrics.watch_feeds(board, feeds, access_log)
+    decisions = DecisionLog()
+    metrics.on_decided(decisions.record)
+    live = LiveView(catalogue, board.snapshot, board, decisions)
     if access_log is not None:
         # Envoy's router streams its log of upstream attempts here (envoy/*.yaml).
         als_pb2_grpc.add_AccessLogServiceServicer_to_server(access_log, server)
@@ -168,7 +176,7 @@ async def start_sidecar(
     readiness = Readiness()
     explain = explain_handler(service, metrics, settings.max_body_bytes)
     admin = await _start_admin(
-        metrics, readiness, admin_host, admin_port, explain, settings.max_body_bytes
+        metrics, readiness, admin_host, admin_port, explain, live, settings.max_body_bytes
     )
     await server.start()
     for feed in feeds:
@@ -198,6 +206,7 @@ async def _start_admin(
     host: str,
     port: int,
     explain: Handler,
+    live: LiveView,
     max_body_bytes: int,
 ) -> web.AppRunner:
     async def metrics_handler(_: web.Request) -> web.Response:
@@ -212,6 +221,7 @@ async def _start_admin(
     app.router.add_post(EXPLAIN_PATH, explain)
     app.router.add_get("/readyz", ready_handler)
     app.router.add_get("/healthz", _ok)
+    app.add_routes(live.routes())
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:

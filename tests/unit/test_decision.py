@@ -307,3 +307,30 @@ def test_table_validation() -> None:
             tiers=("small",), default_route="small", routes={"x": RouteTarget(tier="frontier")}
         ).validate(CATALOGUE)
     TABLE.validate(CATALOGUE)
+
+
+def test_balanced_pays_for_a_dearer_provider_rather_than_wait_in_a_queue() -> None:
+    # Same speed (1.0 s for 256 tokens at 256 tok/s, TTFT 0), b 1.2x the price of a.
+    a, b = (
+        Provider(name, "m", "mid", price, ttft_s=0.0, tokens_per_s=256, max_concurrency=10)
+        for name, price in (("a", Price(0.0, 1.0)), ("b", Price(0.0, 1.2)))
+    )
+    catalogue = Catalogue(providers=(a, b), clusters=frozenset({"a", "b"}))
+    table = RoutingTable(tiers=("mid",), default_route="mid")
+
+    def choice(waiting_on_a: float) -> Decision:
+        snapshot = ProviderSnapshot({"a": ProviderState(queue_waiting=waiting_on_a)})
+        facts = _facts("m")
+        return decide(
+            facts, Intent(Policy.BALANCED, "m"), decision_id="x", table=table,
+            catalogue=catalogue, snapshot=snapshot,
+        )  # fmt: skip
+
+    assert choice(0).upstream == "a"  # idle: the cheaper one
+    # 1 waiting over 10 slots of ~1 s: a 0.1 s wait, 1.0 x (1 + 0.1 + 0.1) = 1.2 < 1.2 x 1.1.
+    assert choice(1).upstream == "a"
+    queued = choice(3)  # a 0.3 s wait: 1.0 x (1 + 0.1 + 0.3) = 1.4 > 1.2 x 1.1 = 1.32
+    assert queued.upstream == "b"
+    waited = next(c for c in queued.candidates if c.cluster == "a")
+    assert waited.queue_wait_s == pytest.approx(0.3)
+    assert waited.expected_latency_s == pytest.approx(1.3)

@@ -187,7 +187,10 @@ async def test_a_big_body_asks_envoy_for_more_time_then_is_decided() -> None:
         snapshot=ProviderSnapshot,
     )
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 << 20)])
-    processor = ExternalProcessor(service, RouterMetrics(), max_message_timeout_s=2.5)
+    sent: list[str] = []  # what the passive feed is told was sent on
+    processor = ExternalProcessor(
+        service, RouterMetrics(), max_message_timeout_s=2.5, on_sent=sent.append
+    )
     ext_grpc.add_ExternalProcessorServicer_to_server(processor, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -211,3 +214,4 @@ async def test_a_big_body_asks_envoy_for_more_time_then_is_decided() -> None:
     assert rewritten["model"] == "tiny-1b"
     assert rewritten["messages"] == big["messages"]
     assert len(small_replies) == 2  # a small body needs no extension
+    assert sent == ["tiny", "tiny"]

@@ -246,3 +246,47 @@ def test_signals_are_laid_over_the_snapshot_without_undoing_other_feeds() -> Non
         with_signals(ProviderSnapshot(), {"a": PassiveSignal(ttft_s=0.5)}).state("a").ttft_s == 0.5
     )
     assert with_signals(snapshot, {}) is snapshot
+
+
+SLOTS = 64  # Provider's default max_concurrency
+
+
+def test_requests_sent_beyond_the_slots_and_unanswered_count_as_waiting() -> None:
+    learner = _learner()
+    for _ in range(SLOTS + 10):
+        learner.sent("a", 100.0)
+    signal = learner.signals(100.0)["a"]
+    assert signal.own_waiting == 10 and not signal.avoid
+    assert "74 sent by this router unanswered: at least 10 waiting" in signal.notes
+    for _ in range(4):  # four answers logged
+        learner.observe(_answer(200), 100.1)
+    assert learner.signals(100.1)["a"].own_waiting == 6
+    for _ in range(6):
+        learner.observe(_answer(429, retry_after="0"), 100.2)  # an answer all the same
+    assert learner.signals(100.2)["a"].own_waiting == 0  # within the slots again
+    # Laid over the snapshot: the larger of the reading and the router's own count wins.
+    for _ in range(SLOTS + 20):
+        learner.sent("b", 100.0)
+    read = ProviderSnapshot(states={"b": ProviderState(queue_waiting=5.0)})
+    assert with_signals(read, learner.signals(100.3)).state("b").queue_waiting == 20.0
+    read = ProviderSnapshot(states={"b": ProviderState(queue_waiting=30.0)})
+    assert with_signals(read, learner.signals(100.3)).state("b").queue_waiting == 30.0
+
+
+def test_unanswered_requests_are_forgotten_after_max_age_and_unknown_clusters_ignored() -> None:
+    learner = _learner(max_age_s=60.0)
+    for _ in range(SLOTS + 5):
+        learner.sent("a", 100.0)
+        learner.sent("not-a-provider", 100.0)
+    assert learner.signals(159.0)["a"].own_waiting == 5
+    assert "a" not in learner.signals(161.0)  # never answered in the log: forgotten
+    assert "not-a-provider" not in learner.signals(100.0)
+
+
+def test_a_burst_on_the_cheaper_provider_moves_balanced_before_the_next_reading() -> None:
+    learner = _learner()
+    idle = ProviderSnapshot(states={"a": ProviderState(queue_waiting=0.0)})
+    assert _choice(with_signals(idle, learner.signals(100.0))) == "a"
+    for _ in range(SLOTS + 8):  # a burst the last reading has not seen yet
+        learner.sent("a", 100.0)
+    assert _choice(with_signals(idle, learner.signals(100.0))) == "b"
