@@ -25,13 +25,15 @@ lint: install
 
 # hey (Debian) drives the end-to-end part; without it that part is skipped.
 # policies: the routing policies against baselines under a bursty load (~2.5 min,
-# bench-results/policies.json and .png); output_length: the length predictor on GSM8K.
+# bench-results/policies.json and .png); output_length: the length predictor on GSM8K;
+# tracing_cost: a decision with tracing off and on (100 % sampled), side by side.
 bench: install
 	@command -v hey >/dev/null || apt-get install -y -q hey >/dev/null 2>&1 || \
 		echo "hey is not installed: the end-to-end benchmark will be skipped"
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.policies
 	$(PY) -m benchmarks.output_length
+	$(PY) -m benchmarks.tracing_cost
 	$(PY) -m benchmarks.soak
 
 # A minute of mixed load through the real Envoy while faults are injected (README:
