@@ -52,17 +52,24 @@ def run(args: argparse.Namespace) -> int:
     stack.start()
     supervisor = Supervisor(stack, RestartPolicy(time.monotonic))
     try:
-        print(
-            f"\ninference-router local stack is up:\n"
-            f"  OpenAI API (Envoy)   {stack.base_url}/v1/chat/completions\n"
-            f"  Envoy admin          http://127.0.0.1:{stack.ports.admin}/\n"
-            f"  router sidecar gRPC  {stack.sidecar_target}\n"
-            f"  router metrics       http://127.0.0.1:{stack.ports.sidecar_admin}/metrics\n"
-            f"Try:\n  curl -s {stack.base_url}/v1/chat/completions "
-            '-d \'{"model":"auto","messages":[{"role":"user","content":"hi"}]}\'\n'
+        admin = f"http://127.0.0.1:{stack.ports.sidecar_admin}"
+        lines = [
+            "\ninference-router local stack is up:",
+            f"  OpenAI API (Envoy)   {stack.base_url}/v1/chat/completions",
+            f"  Envoy admin          http://127.0.0.1:{stack.ports.admin}/",
+            f"  router sidecar gRPC  {stack.sidecar_target}",
+            f"  router live view     {admin}/",
+            f"  router metrics       {admin}/metrics",
+        ]
+        if not args.config:  # the stack's own settings read the simulator's price table
+            lines.append(f"  price table (PUT)    {stack.price_url}")
+        lines += [
+            "Try:",
+            f"  curl -s {stack.base_url}/v1/chat/completions "
+            '-d \'{"model":"auto","messages":[{"role":"user","content":"hi"}]}\'',
             "A child that dies is restarted; Ctrl-C stops everything.",
-            flush=True,
-        )
+        ]
+        print("\n".join(lines), flush=True)
         asyncio.run(until_stop_signal(supervisor.step))
     finally:
         stack.stop()
