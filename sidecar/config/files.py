@@ -88,6 +88,9 @@ def replace_directory(target: Path, fill: Callable[[Path], object]) -> None:
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{target.name}.", suffix=".tmp"))
+        # mkdtemp makes it 0700; the swapped-in directory must be readable like any
+        # other (an image built as root is served by a non-root user).
+        tmp.chmod(0o755)
     except OSError as exc:
         raise OutputError(f"{target}: cannot write: {exc.strerror or exc}") from exc
     try:
