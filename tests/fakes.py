@@ -14,7 +14,20 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from sidecar.core.catalogue import Catalogue, Price, Provider
+from sidecar.core.decision import RoutingTable
 from sidecar.semantic import model_store
+
+# The smallest catalogue with a choice to make: one light and one heavy provider, and the
+# routing table over their two tiers (the default route is the light one).
+TWO_TIER_CATALOGUE = Catalogue(
+    providers=(
+        Provider("tiny", "tiny-1b", "small", Price(0.1, 0.1)),
+        Provider("big", "big-1t", "frontier", Price(5, 15)),
+    ),
+    clusters=frozenset({"tiny", "big"}),
+)
+TWO_TIER_TABLE = RoutingTable(tiers=("small", "frontier"), default_route="small")
 
 
 class HashEmbedder:

@@ -16,8 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from inference_router.v1 import router_pb2
-from sidecar.core.catalogue import Catalogue, Price, Provider
-from sidecar.core.decision import ProviderSnapshot, RoutingTable
+from sidecar.core.decision import ProviderSnapshot
 from sidecar.core.request import Endpoint, RequestFacts, parse_request
 from sidecar.core.vote import RouteVerdict, abstention
 from sidecar.errors import RequestError
@@ -26,15 +25,7 @@ from sidecar.serving.body import decode_body
 from sidecar.serving.metrics import RouterMetrics
 from sidecar.serving.service import RoutingService
 from sidecar.serving.statuses import http_status, openai_error_body
-
-CATALOGUE = Catalogue(
-    providers=(
-        Provider("tiny", "tiny-1b", "small", Price(0.1, 0.1)),
-        Provider("big", "big-1t", "frontier", Price(5, 15)),
-    ),
-    clusters=frozenset({"tiny", "big"}),
-)
-TABLE = RoutingTable(tiers=("small", "frontier"), default_route="small")
+from tests.fakes import TWO_TIER_CATALOGUE, TWO_TIER_TABLE
 
 # Strings a client can send: any code point, lone surrogates included (json.dumps
 # escapes them as \udXXX, exactly what a hostile or buggy client puts on the wire).
@@ -105,7 +96,10 @@ class _EchoClassifier:
 
 
 SERVICE = RoutingService(
-    table=TABLE, catalogue=CATALOGUE, snapshot=ProviderSnapshot, classifier=_EchoClassifier()
+    table=TWO_TIER_TABLE,
+    catalogue=TWO_TIER_CATALOGUE,
+    snapshot=ProviderSnapshot,
+    classifier=_EchoClassifier(),
 )
 
 
@@ -117,7 +111,7 @@ def test_the_routing_service_answers_a_decision_or_a_request_error(body: bytes, 
     except RequestError as error:
         assert http_status(error) in (400, 404)
         return
-    assert routed.decision.upstream in CATALOGUE.clusters
+    assert routed.decision.upstream in TWO_TIER_CATALOGUE.clusters
     if routed.body is not None:  # a rewritten body is valid JSON in valid UTF-8
         assert json.loads(routed.body.decode("utf-8"))["model"] == routed.decision.model
 
@@ -143,7 +137,7 @@ def test_decide_answers_a_decision_or_a_client_status(body: bytes) -> None:
     except _Aborted as aborted:
         assert aborted.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
         return
-    assert reply.upstream in CATALOGUE.clusters
+    assert reply.upstream in TWO_TIER_CATALOGUE.clusters
 
 
 @pytest.mark.parametrize(

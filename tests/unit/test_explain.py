@@ -10,20 +10,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from inference_router.v1 import router_pb2
-from sidecar.core.catalogue import Catalogue, Price, Provider
-from sidecar.core.decision import ProviderSnapshot, RoutingTable
+from sidecar.core.decision import ProviderSnapshot
 from sidecar.serving.explain import EXPLAIN_PATH, explain_handler, is_loopback
 from sidecar.serving.metrics import RouterMetrics
 from sidecar.serving.service import POLICY_HEADER, Routed, RoutingService
+from tests.fakes import TWO_TIER_CATALOGUE, TWO_TIER_TABLE
 
-CATALOGUE = Catalogue(
-    providers=(
-        Provider("tiny", "tiny-1b", "small", Price(0.1, 0.1)),
-        Provider("big", "big-1t", "frontier", Price(5, 15)),
-    ),
-    clusters=frozenset({"tiny", "big"}),
-)
-TABLE = RoutingTable(tiers=("small", "frontier"), default_route="small")
 LIMIT = 4096
 CHAT = {"model": "auto", "messages": [{"role": "user", "content": "hello"}]}
 
@@ -44,7 +36,7 @@ class BrokenService(RoutingService):
 
 
 def _service(kind: type[RoutingService] = RoutingService) -> RoutingService:
-    return kind(table=TABLE, catalogue=CATALOGUE, snapshot=ProviderSnapshot)
+    return kind(table=TWO_TIER_TABLE, catalogue=TWO_TIER_CATALOGUE, snapshot=ProviderSnapshot)
 
 
 async def _client(

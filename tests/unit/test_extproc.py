@@ -9,8 +9,7 @@ import grpc
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
 
-from sidecar.core.catalogue import Catalogue, Price, Provider
-from sidecar.core.decision import ProviderSnapshot, RoutingTable
+from sidecar.core.decision import ProviderSnapshot
 from sidecar.devstack.extproc_client import (
     body_message,
     chat_request,
@@ -21,21 +20,14 @@ from sidecar.devstack.extproc_client import (
 from sidecar.serving.extproc import ExternalProcessor
 from sidecar.serving.metrics import RouterMetrics
 from sidecar.serving.service import POLICY_HEADER, ROUTE_POLICY_METADATA, RoutingService
-
-CATALOGUE = Catalogue(
-    providers=(
-        Provider("tiny", "tiny-1b", "small", Price(0.1, 0.1)),
-        Provider("big", "big-1t", "frontier", Price(5, 15)),
-    ),
-    clusters=frozenset({"tiny", "big"}),
-)
+from tests.fakes import TWO_TIER_CATALOGUE, TWO_TIER_TABLE
 
 
 @pytest.fixture
 async def stub() -> AsyncIterator[ext_grpc.ExternalProcessorStub]:
     service = RoutingService(
-        table=RoutingTable(tiers=("small", "frontier"), default_route="small"),
-        catalogue=CATALOGUE,
+        table=TWO_TIER_TABLE,
+        catalogue=TWO_TIER_CATALOGUE,
         snapshot=ProviderSnapshot,
     )
     server = grpc.aio.server()
@@ -124,8 +116,8 @@ async def _processor_stub(
     snapshot: _FlakySnapshot, metrics: RouterMetrics
 ) -> tuple[grpc.aio.Server, grpc.aio.Channel, ext_grpc.ExternalProcessorStub]:
     service = RoutingService(
-        table=RoutingTable(tiers=("small", "frontier"), default_route="small"),
-        catalogue=CATALOGUE,
+        table=TWO_TIER_TABLE,
+        catalogue=TWO_TIER_CATALOGUE,
         snapshot=snapshot,
     )
     server = grpc.aio.server()
@@ -182,8 +174,8 @@ async def test_the_router_answers_the_model_list(stub: ext_grpc.ExternalProcesso
 
 async def test_a_big_body_asks_envoy_for_more_time_then_is_decided() -> None:
     service = RoutingService(
-        table=RoutingTable(tiers=("small", "frontier"), default_route="small"),
-        catalogue=CATALOGUE,
+        table=TWO_TIER_TABLE,
+        catalogue=TWO_TIER_CATALOGUE,
         snapshot=ProviderSnapshot,
     )
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 << 20)])

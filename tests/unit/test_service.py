@@ -7,22 +7,14 @@ import logging
 
 import pytest
 
-from sidecar.core.catalogue import Catalogue, Price, Provider
-from sidecar.core.decision import ProviderSnapshot, RoutingTable
+from sidecar.core.decision import ProviderSnapshot
 from sidecar.core.policy import Policy
 from sidecar.core.vote import FAILED, RouteVerdict
 from sidecar.errors import NotFoundError, RequestError
 from sidecar.serving.service import POLICY_HEADER, RoutingService
 from sidecar.serving.statuses import http_status
+from tests.fakes import TWO_TIER_CATALOGUE, TWO_TIER_TABLE
 
-CATALOGUE = Catalogue(
-    providers=(
-        Provider("tiny", "tiny-1b", "small", Price(0.1, 0.1)),
-        Provider("big", "big-1t", "frontier", Price(5, 15)),
-    ),
-    clusters=frozenset({"tiny", "big"}),
-)
-TABLE = RoutingTable(tiers=("small", "frontier"), default_route="small")
 SECRET_PROMPT = "my card number is 4111 1111 1111 1111"
 BODY = json.dumps(
     {
@@ -36,7 +28,10 @@ BODY = json.dumps(
 
 def _service(log_prompts: bool = False) -> RoutingService:
     return RoutingService(
-        table=TABLE, catalogue=CATALOGUE, snapshot=ProviderSnapshot, log_prompts=log_prompts
+        table=TWO_TIER_TABLE,
+        catalogue=TWO_TIER_CATALOGUE,
+        snapshot=ProviderSnapshot,
+        log_prompts=log_prompts,
     )
 
 
@@ -105,7 +100,10 @@ def _named(route: str) -> RouteVerdict:
 async def test_the_verdict_routes_balanced_requests_and_is_returned() -> None:
     classifier = _FixedClassifier(_named("frontier"))
     service = RoutingService(
-        table=TABLE, catalogue=CATALOGUE, snapshot=ProviderSnapshot, classifier=classifier
+        table=TWO_TIER_TABLE,
+        catalogue=TWO_TIER_CATALOGUE,
+        snapshot=ProviderSnapshot,
+        classifier=classifier,
     )
     routed = await service.route("/v1/chat/completions", {}, BODY)
     assert routed.verdict is classifier.verdict
@@ -116,7 +114,10 @@ async def test_the_verdict_routes_balanced_requests_and_is_returned() -> None:
 async def test_the_classifier_is_skipped_when_the_policy_or_model_decides() -> None:
     classifier = _FixedClassifier(_named("frontier"))
     service = RoutingService(
-        table=TABLE, catalogue=CATALOGUE, snapshot=ProviderSnapshot, classifier=classifier
+        table=TWO_TIER_TABLE,
+        catalogue=TWO_TIER_CATALOGUE,
+        snapshot=ProviderSnapshot,
+        classifier=classifier,
     )
     explicit_body = BODY.replace(b'"auto"', b'"tiny-1b"')
     explicit = await service.route("/v1/chat/completions", {}, explicit_body)
@@ -151,15 +152,15 @@ async def test_a_failing_classifier_costs_the_semantic_route_not_the_request(
 ) -> None:
     errors: list[str] = []
     service = RoutingService(
-        table=TABLE,
-        catalogue=CATALOGUE,
+        table=TWO_TIER_TABLE,
+        catalogue=TWO_TIER_CATALOGUE,
         snapshot=ProviderSnapshot,
         classifier=_BrokenClassifier(),
         on_error=errors.append,
     )
     routed = await service.route("/v1/chat/completions", {}, BODY, decision_id="d-42")
     assert routed.verdict is not None and routed.verdict.abstain_reason == FAILED
-    assert routed.decision.route == TABLE.default_route
+    assert routed.decision.route == TWO_TIER_TABLE.default_route
     assert "classifier failed" in routed.decision.reason
     assert "secret-internal-detail" not in routed.decision.reason
     assert errors == ["classifier"]

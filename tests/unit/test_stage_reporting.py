@@ -7,8 +7,7 @@ import dataclasses
 import pytest
 
 from inference_router.v1 import router_pb2
-from sidecar.core.catalogue import Catalogue, Price, Provider
-from sidecar.core.decision import ProviderSnapshot, RoutingTable
+from sidecar.core.decision import ProviderSnapshot
 from sidecar.core.vote import (
     FAILED,
     SHED,
@@ -20,14 +19,8 @@ from sidecar.core.vote import (
 from sidecar.serving.api import to_proto
 from sidecar.serving.extproc import classifier_outcome
 from sidecar.serving.service import RoutingService
+from tests.fakes import TWO_TIER_CATALOGUE, TWO_TIER_TABLE
 
-CATALOGUE = Catalogue(
-    providers=(
-        Provider("tiny", "tiny-1b", "small", Price(0.1, 0.1)),
-        Provider("big", "big-1t", "frontier", Price(5, 15)),
-    ),
-    clusters=frozenset({"tiny", "big"}),
-)
 BODY = b'{"model":"auto","messages":[{"role":"user","content":"hello"}]}'
 ROUTED = RouteVerdict(
     route="frontier",
@@ -53,8 +46,8 @@ class _Fixed:
 
 async def _routed(verdict: RouteVerdict) -> tuple[str, router_pb2.Explanation]:
     service = RoutingService(
-        table=RoutingTable(tiers=("small", "frontier"), default_route="small"),
-        catalogue=CATALOGUE,
+        table=TWO_TIER_TABLE,
+        catalogue=TWO_TIER_CATALOGUE,
         snapshot=ProviderSnapshot,
         classifier=_Fixed(verdict),
     )

@@ -15,8 +15,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from sidecar.core.catalogue import Catalogue, Price, Provider
-from sidecar.core.decision import ProviderSnapshot, RoutingTable
+from sidecar.core.decision import ProviderSnapshot
 from sidecar.core.vote import STAGE_MODEL, Neighbour, RouteVerdict
 from sidecar.devstack.extproc_client import body_message, chat_request, exchange, headers_message
 from sidecar.devstack.stack import OTEL_CLUSTER, enable_tracing, otlp_address
@@ -33,14 +32,8 @@ from sidecar.serving.tracing import (
     start_tracing,
     tracing_requested,
 )
+from tests.fakes import TWO_TIER_CATALOGUE, TWO_TIER_TABLE
 
-CATALOGUE = Catalogue(
-    providers=(
-        Provider("tiny", "tiny-1b", "small", Price(0.1, 0.1)),
-        Provider("big", "big-1t", "frontier", Price(5, 15)),
-    ),
-    clusters=frozenset({"tiny", "big"}),
-)
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 ENVOY_SPAN_ID = "b7ad6b7169203331"
 TRACEPARENT = f"00-{TRACE_ID}-{ENVOY_SPAN_ID}-01"
@@ -172,8 +165,8 @@ async def stub(
     tracer, _ = spans
     metrics = RouterMetrics()
     service = RoutingService(
-        table=RoutingTable(tiers=("small", "frontier"), default_route="small"),
-        catalogue=CATALOGUE,
+        table=TWO_TIER_TABLE,
+        catalogue=TWO_TIER_CATALOGUE,
         snapshot=ProviderSnapshot,
         classifier=FakeClassifier(tracer),
         stage_timer=stage_timer(tracer, metrics.stage_seconds),
@@ -291,8 +284,8 @@ def _provider() -> tuple[TracerProvider, InMemorySpanExporter]:
 
 async def _routed(*, with_classifier: bool = True) -> Routed:
     service = RoutingService(
-        table=RoutingTable(tiers=("small", "frontier"), default_route="small"),
-        catalogue=CATALOGUE,
+        table=TWO_TIER_TABLE,
+        catalogue=TWO_TIER_CATALOGUE,
         snapshot=ProviderSnapshot,
         classifier=FakeClassifier(DecisionTracer(None)) if with_classifier else None,
     )
