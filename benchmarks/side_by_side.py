@@ -36,7 +36,6 @@ import json
 import os
 import platform
 import secrets
-import signal
 import subprocess
 import tempfile
 import time
@@ -51,7 +50,7 @@ import yaml
 from benchmarks.policies import percentile
 from benchmarks.run import classifier_counts, prompts
 from sidecar.config.envoy import catalogue_from_envoy_config, load_envoy_yaml, walk_mappings
-from sidecar.devstack.processes import die_with_parent, free_ports, http_ok, wait_until
+from sidecar.devstack.processes import die_with_parent, free_ports, http_ok, terminate, wait_until
 from sidecar.devstack.stack import LocalStack, StackPorts, envoy_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -264,13 +263,7 @@ class Child:
 
     def stop(self) -> None:
         """SIGTERM its process group, then SIGKILL after 10 s."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        terminate(self.process, 10, group=True)
 
 
 def start_litellm(sim_port: int, model: str, workdir: Path) -> tuple[Child, int, str] | str:

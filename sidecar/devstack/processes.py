@@ -99,6 +99,31 @@ def wait_grpc_serving(target: str, deadline_s: float, process: subprocess.Popen[
         wait_until(ready, f"the sidecar at {target}", deadline_s, process)
 
 
+def terminate(
+    process: subprocess.Popen[bytes], timeout_s: float = 10.0, *, group: bool = False
+) -> None:
+    """SIGTERM, then SIGKILL after `timeout_s`; returns once it has exited.
+
+    `group`: signal the process group it leads (a child started with
+    `start_new_session=True`, so whatever it started goes too).
+    """
+    if process.poll() is not None:
+        return
+
+    def send(signum: signal.Signals) -> None:
+        if group:
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
+
+    send(signal.SIGTERM)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        send(signal.SIGKILL)
+        process.wait()
+
+
 def die_with_parent() -> Callable[[], None] | None:
     """A `preexec_fn` after which Linux sends the child SIGTERM when we die (None elsewhere).
 

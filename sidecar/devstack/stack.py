@@ -28,7 +28,6 @@ import copy
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -53,6 +52,7 @@ from sidecar.devstack.processes import (
     free_ports,
     grpc_serving,
     http_ok,
+    terminate,
     wait_until,
 )
 from sidecar.errors import ConfigError, StackError
@@ -419,14 +419,8 @@ class LocalStack:
     def stop_process(self, name: str, timeout_s: float = 10) -> None:
         """Stop one child (SIGTERM, then SIGKILL after the timeout); it stays stopped."""
         process = self.processes.pop(name, None)
-        if process is None or process.poll() is not None:
-            return
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        if process is not None:
+            terminate(process, timeout_s, group=True)
 
     def stop(self) -> None:
         """Stop every child, Envoy first so no request meets a half-stopped stack.

@@ -15,7 +15,6 @@ Every wait polls with a deadline; the measured times are printed (`pytest -s`).
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ import yaml
 
 from inference_router.v1 import feeds_pb2, feeds_pb2_grpc, router_pb2
 from sidecar.config.envoy import load_catalogue
-from sidecar.devstack.processes import die_with_parent, free_ports, http_ok, wait_until
+from sidecar.devstack.processes import die_with_parent, free_ports, http_ok, terminate, wait_until
 from sidecar.devstack.stack import LocalStack, StackPorts
 from sidecar.errors import StackError
 from tests.integration.conftest import LOCAL_CONFIG, START_ATTEMPTS
@@ -70,13 +69,7 @@ class Prometheus:
         )
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, 10)
 
 
 def start_prometheus(binary: str, workdir: Path, ports: StackPorts) -> Prometheus:

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from sidecar.config.envoy import load_catalogue
-from sidecar.devstack.processes import check_ports_free, free_ports
+from sidecar.devstack.processes import check_ports_free, free_ports, terminate
 from sidecar.devstack.stack import Child, LocalStack, StackPorts
 from sidecar.devstack.supervision import RestartPolicy, Supervisor
 from sidecar.errors import StackError
@@ -167,13 +167,7 @@ def _workdir_of(pids: list[int]) -> Path | None:
 def _stop(command: StackCommand) -> None:
     """Stop the command (it stops its children); clean up what a killed one left behind."""
     kids = set(command.children) | set(children_of(command.process.pid))
-    if command.process.poll() is None:
-        command.process.send_signal(signal.SIGTERM)
-        try:
-            command.process.wait(30)
-        except subprocess.TimeoutExpired:
-            command.process.kill()
-            command.process.wait()
+    terminate(command.process, 30)
     for pid in kids:
         if alive(pid):
             os.kill(pid, signal.SIGKILL)
