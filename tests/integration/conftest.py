@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,16 @@ LOCAL_CONFIG = ROOT / "envoy" / "local.yaml"
 # Ports are chosen free, then bound by the children a moment later; another process may
 # take one in between. Each attempt chooses fresh ports.
 START_ATTEMPTS = 3
+
+
+def seconds_until(condition: Callable[[], bool], what: str, deadline_s: float) -> float:
+    """Poll `condition` until true; returns the seconds it took, fails naming `what`."""
+    started = time.monotonic()
+    while time.monotonic() - started < deadline_s:
+        if condition():
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: not within {deadline_s:.0f}s")
 
 
 def start_stack(

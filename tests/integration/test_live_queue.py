@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import grpc
 import httpx
@@ -19,7 +18,7 @@ import pytest
 
 from inference_router.v1 import router_pb2, router_pb2_grpc
 from sidecar.devstack.stack import LocalStack
-from tests.integration.conftest import start_stack
+from tests.integration.conftest import seconds_until, start_stack
 
 pytestmark = pytest.mark.integration
 
@@ -59,14 +58,6 @@ def _waiting(stack: LocalStack, cluster: str) -> float:
     return float(line.rsplit(" ", 1)[1])
 
 
-def _until(check: Callable[[], bool], what: str, deadline_s: float) -> float:
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < deadline_s, f"{what} within {deadline_s} s"
-        time.sleep(0.05)
-    return time.monotonic() - started
-
-
 class Flood:
     """`count` long requests held open straight at a simulator, from a thread, until stopped."""
 
@@ -103,14 +94,14 @@ def test_a_deep_queue_on_the_cheaper_provider_moves_traffic_and_back(
     stack = live_stack
     assert _upstream(stack) == "sim-mid-a"  # idle: the cheaper one
     with Flood(f"http://127.0.0.1:{stack.ports.providers['sim-mid-a']}", 38):
-        _until(lambda: _waiting(stack, "sim-mid-a") >= 25, "sim-mid-a's queue builds", 15)
+        seconds_until(lambda: _waiting(stack, "sim-mid-a") >= 25, "sim-mid-a's queue builds", 15)
         # Timed with Decide: a request through Envoy that still went to the flooded
         # provider would itself wait in its queue, and the wait would count as switch time.
-        moved = _until(lambda: decide(stack).upstream == "sim-mid-b", "decisions move", 10)
+        moved = seconds_until(lambda: decide(stack).upstream == "sim-mid-b", "decisions move", 10)
         assert _upstream(stack) == "sim-mid-b"  # and a real request goes there
         print(f"moved {moved:.2f} s after the queue reached 25")
-    _until(lambda: _waiting(stack, "sim-mid-a") == 0, "sim-mid-a's queue drains", 15)
-    back = _until(lambda: decide(stack).upstream == "sim-mid-a", "decisions come back", 10)
+    seconds_until(lambda: _waiting(stack, "sim-mid-a") == 0, "sim-mid-a's queue drains", 15)
+    back = seconds_until(lambda: decide(stack).upstream == "sim-mid-a", "decisions come back", 10)
     assert _upstream(stack) == "sim-mid-a"
     print(f"back {back:.2f} s after the queue drained")
 

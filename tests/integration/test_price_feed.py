@@ -23,8 +23,7 @@ import pytest
 
 from inference_router.v1 import router_pb2, router_pb2_grpc
 from sidecar.devstack.stack import PRICE_FEED_MAX_AGE_S, LocalStack
-from tests.integration.conftest import start_stack
-from tests.integration.test_resilience import wait_until
+from tests.integration.conftest import seconds_until, start_stack
 
 pytestmark = pytest.mark.integration
 
@@ -93,7 +92,7 @@ def test_a_price_change_moves_cost_and_balanced_traffic_and_a_dead_feed_does_not
 
         price = {"sim-mid-a": {"input": 5.0, "output": 5.0}}
         httpx.put(stack.price_url, json=price, timeout=5).raise_for_status()
-        moved = wait_until(
+        moved = seconds_until(
             lambda: client.upstream(COST) == "sim-mid-b", "cost moves to sim-mid-b", MOVE_DEADLINE_S
         )
         assert client.upstream(BALANCED) == "sim-mid-b"
@@ -103,7 +102,7 @@ def test_a_price_change_moves_cost_and_balanced_traffic_and_a_dead_feed_does_not
         assert decide(stack, COST)["sim-mid-b"].input_per_mtok == 0.88  # static
 
         stack.stop_process(stack.price_server)  # the price API goes away
-        stale = wait_until(
+        stale = seconds_until(
             lambda: client.upstream(COST) == "sim-mid-a",
             "cost returns to sim-mid-a",
             STALE_DEADLINE_S,

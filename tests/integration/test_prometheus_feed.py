@@ -33,8 +33,8 @@ from sidecar.config.envoy import load_catalogue
 from sidecar.devstack.processes import die_with_parent, free_ports, http_ok, terminate, wait_until
 from sidecar.devstack.stack import LocalStack, StackPorts
 from sidecar.errors import StackError
-from tests.integration.conftest import LOCAL_CONFIG, START_ATTEMPTS
-from tests.integration.test_live_queue import Flood, _until, _upstream, _waiting
+from tests.integration.conftest import LOCAL_CONFIG, START_ATTEMPTS, seconds_until
+from tests.integration.test_live_queue import Flood, _upstream, _waiting
 from tests.integration.test_live_queue import decide as _decide
 
 pytestmark = pytest.mark.integration
@@ -163,18 +163,18 @@ def _mid_a(stack: LocalStack) -> router_pb2.Candidate:
 def test_a_deep_queue_seen_through_prometheus_moves_traffic_and_back(fleet: Fleet) -> None:
     stack = fleet.stack
     # The sidecar reads the queues from Prometheus: idle, the cheaper one serves.
-    _until(lambda: _mid_a(stack).notes[0].startswith("0 waiting ("), "a first reading", 10)
+    seconds_until(lambda: _mid_a(stack).notes[0].startswith("0 waiting ("), "a first reading", 10)
     asked = fleet.prometheus.queries_answered()
     assert _upstream(stack) == "sim-mid-a"
     # Timed with Decide: a request through Envoy to the flooded provider would itself
     # wait ~2 s in its queue and add that to the measurement.
     with Flood(f"http://127.0.0.1:{stack.ports.providers['sim-mid-a']}", 38):
-        _until(lambda: _waiting(stack, "sim-mid-a") >= 25, "sim-mid-a's queue builds", 15)
-        moved = _until(lambda: _decide(stack).upstream == "sim-mid-b", "decisions move", 5)
+        seconds_until(lambda: _waiting(stack, "sim-mid-a") >= 25, "sim-mid-a's queue builds", 15)
+        moved = seconds_until(lambda: _decide(stack).upstream == "sim-mid-b", "decisions move", 5)
         assert _upstream(stack) == "sim-mid-b"  # and a real request through Envoy goes there
         print(f"\nthrough Prometheus: moved {moved:.2f} s after the queue reached 25")
-    _until(lambda: _waiting(stack, "sim-mid-a") == 0, "sim-mid-a's queue drains", 15)
-    back = _until(lambda: _decide(stack).upstream == "sim-mid-a", "decisions come back", 5)
+    seconds_until(lambda: _waiting(stack, "sim-mid-a") == 0, "sim-mid-a's queue drains", 15)
+    back = seconds_until(lambda: _decide(stack).upstream == "sim-mid-a", "decisions come back", 5)
     assert _upstream(stack) == "sim-mid-a"
     print(f"through Prometheus: back {back:.2f} s after the queue drained")
     assert fleet.prometheus.queries_answered() > asked  # it kept asking Prometheus
@@ -197,7 +197,7 @@ def test_a_pushed_unhealthy_moves_traffic_until_it_is_too_old(fleet: Fleet) -> N
     assert "unknown cluster 'sim-nowhere'" in str(refused.value.details())
     assert _upstream(stack) == "sim-mid-b"  # through Envoy
     assert "pushed unhealthy (1." in " ".join(_mid_a(stack).notes)
-    _until(lambda: _decide(stack).upstream == "sim-mid-a", "the push goes stale", 5)
+    seconds_until(lambda: _decide(stack).upstream == "sim-mid-a", "the push goes stale", 5)
     back = time.monotonic() - pushed_at
     assert _upstream(stack) == "sim-mid-a"
     print(f"\npushed unhealthy (1 s left to live): used again {back:.2f} s after the push")
@@ -209,7 +209,7 @@ def test_readings_are_as_old_as_prometheus_samples_and_age_out_without_it(fleet:
     age = float(note.split("(")[1].split(" s old")[0])
     assert note.startswith("0 waiting (") and 0 <= age <= MAX_AGE_S, note
     fleet.prometheus.stop()  # the last test of the module: Prometheus goes away for good
-    stale = _until(
+    stale = seconds_until(
         lambda: _mid_a(stack).notes[0].startswith("queue unknown ("),
         "the last reading ages out",
         MAX_AGE_S + 5,

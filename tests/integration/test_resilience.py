@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +31,7 @@ import yaml
 from inference_router.v1 import router_pb2, router_pb2_grpc
 from sidecar.devstack.stack import LocalStack
 from tests.integration import conftest
+from tests.integration.conftest import seconds_until
 
 pytestmark = pytest.mark.integration
 
@@ -76,16 +77,6 @@ def envoy_counters(stack: LocalStack, prefix: str) -> dict[str, int]:
     url = f"http://127.0.0.1:{stack.ports.admin}/stats?format=json&filter=^{prefix}"
     stats = httpx.get(url, timeout=5).json()["stats"]
     return {s["name"].removeprefix(prefix) or "total": s["value"] for s in stats if "value" in s}
-
-
-def wait_until(condition: Callable[[], bool], what: str, deadline_s: float) -> float:
-    """Poll `condition` until true; returns the seconds it took."""
-    started = time.monotonic()
-    while time.monotonic() - started < deadline_s:
-        if condition():
-            return time.monotonic() - started
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {deadline_s:.0f}s")
 
 
 @dataclass
@@ -145,11 +136,11 @@ def test_a_killed_provider_is_routed_around_and_a_dead_tier_hands_over(tmp_path:
         load = Load(stack.base_url, LOAD_REQUESTS, LOAD_WORKERS)
         running = load.run()
         next(running)
-        wait_until(lambda: load.done >= 20, "the load got going", 30)
+        seconds_until(lambda: load.done >= 20, "the load got going", 30)
         # SIGTERM: the simulator stops accepting at once, finishes what it holds, exits.
         killer = threading.Thread(target=stack.stop_process, args=("sim-mid-a",))
         killer.start()
-        stopped_choosing_s = wait_until(
+        stopped_choosing_s = seconds_until(
             lambda: decide(stack).upstream != "sim-mid-a",
             "the sidecar stops choosing the killed sim-mid-a",
             DETECTION_DEADLINE_S,
@@ -171,7 +162,7 @@ def test_a_killed_provider_is_routed_around_and_a_dead_tier_hands_over(tmp_path:
         # The whole mid tier down: the nearest tier serves (heavier on a tie), and says so.
         killer = threading.Thread(target=stack.stop_process, args=("sim-mid-b",))
         killer.start()
-        handed_over_s = wait_until(
+        handed_over_s = seconds_until(
             lambda: decide(stack).upstream == "sim-frontier",
             "a mid request goes to the nearest healthy tier",
             DETECTION_DEADLINE_S,
@@ -270,7 +261,7 @@ def test_a_hung_provider_holds_no_client_past_the_timeout(
 
         # Three timeouts in a row: outlier detection ejects it (its /health still answers),
         # and the sidecar sends small-tier requests to the nearest live tier instead.
-        routed_around_s = wait_until(
+        routed_around_s = seconds_until(
             lambda: decide(stack, {**BODY, "model": "router:cost"}).upstream != "sim-small",
             "the sidecar stops choosing the hung sim-small",
             DETECTION_DEADLINE_S,
@@ -279,7 +270,7 @@ def test_a_hung_provider_holds_no_client_past_the_timeout(
         assert reply.status_code == 200 and reply.headers["x-sim-name"] == "sim-mid-a"
         # Released, it serves again once its ejection (5 s here) has run out.
         control(stack, "sim-small", stall=False)
-        back_s = wait_until(
+        back_s = seconds_until(
             lambda: decide(stack, {**BODY, "model": "router:cost"}).upstream == "sim-small",
             "sim-small is chosen again after it recovers",
             30,
@@ -319,11 +310,11 @@ def test_a_hung_sidecar_is_marked_down_and_envoy_fails_open_without_waiting(
     stack = conftest.start_stack(tmp_path, sidecar_args=("--no-semantic",))
     sidecar = stack.processes["sidecar"]
     try:
-        wait_until(lambda: _sidecar_health(stack) == "healthy", "sidecar healthy", 30)
+        seconds_until(lambda: _sidecar_health(stack) == "healthy", "sidecar healthy", 30)
         sidecar.send_signal(signal.SIGSTOP)
         stopped = time.monotonic()
         try:
-            down_s = wait_until(
+            down_s = seconds_until(
                 lambda: _sidecar_health(stack) != "healthy", "sidecar marked down", 30
             )
             timeouts = envoy_counters(stack, "http.openai_api.ext_proc.")["message_timeouts"]
@@ -336,7 +327,7 @@ def test_a_hung_sidecar_is_marked_down_and_envoy_fails_open_without_waiting(
             sidecar.send_signal(signal.SIGCONT)
         assert routes == ["fallback"] * 5
         assert after["message_timeouts"] == timeouts  # nobody waited for the hung sidecar
-        back_s = wait_until(lambda: route_of(stack) != "fallback", "decisions again", 30)
+        back_s = seconds_until(lambda: route_of(stack) != "fallback", "decisions again", 30)
         print(
             f"\nhung sidecar: marked down {down_s:.2f}s after SIGSTOP "
             f"({time.monotonic() - stopped:.2f}s in all), deciding again {back_s:.2f}s "
