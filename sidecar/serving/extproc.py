@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -158,13 +158,9 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
         *,
         max_message_timeout_s: float = 0.0,
         tracer: DecisionTracer | None = None,
-        on_sent: Callable[[str], None] = lambda cluster: None,
     ) -> None:
         self._service = service
         self._metrics = metrics
-        # Told the cluster of every request this adapter sends on (the passive feed
-        # counts them until Envoy's log says they were answered).
-        self._on_sent = on_sent
         self._tracer = tracer or DecisionTracer(None)
         # A big body may need longer than Envoy's message_timeout; Envoy grants up to its
         # max_message_timeout when asked before the timer runs out (0: it grants nothing).
@@ -258,7 +254,6 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
             capture = self._tracer.capture_content
             span.set_attributes(decision_attributes(routed, outcome, capture_content=capture))
         self._metrics.decided(routed.decision, outcome, time.perf_counter() - started)
-        self._on_sent(routed.decision.upstream)
         return decision_response(routed, len(body))
 
 

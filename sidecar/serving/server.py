@@ -142,15 +142,15 @@ async def start_sidecar(
         metrics,
         max_message_timeout_s=ext_proc_max_message_timeout_s(envoy_config),
         tracer=tracing.tracer,
-        on_sent=(lambda cluster: None)
-        if learner is None
-        else (lambda cluster: learner.sent(cluster, time.monotonic())),
     )
     ext_grpc.add_ExternalProcessorServicer_to_server(processor, server)
     router_pb2_grpc.add_RouterServicer_to_server(  # type: ignore[no-untyped-call]
         RouterApi(service, metrics, semantic.reload_index if semantic else None), server
     )
     access_log = None if learner is None else AccessLogReceiver(learner)
+    if learner is not None:
+        # Every request sent on counts as unanswered until Envoy logs its attempt.
+        metrics.on_decided(lambda decision, _: learner.sent(decision.upstream, time.monotonic()))
     metrics.watch_providers(catalogue, board.snapshot)
     metrics.watch_feeds(board, feeds, access_log)
     decisions = DecisionLog()

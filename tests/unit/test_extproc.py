@@ -179,10 +179,10 @@ async def test_a_big_body_asks_envoy_for_more_time_then_is_decided() -> None:
         snapshot=ProviderSnapshot,
     )
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 << 20)])
-    sent: list[str] = []  # what the passive feed is told was sent on
-    processor = ExternalProcessor(
-        service, RouterMetrics(), max_message_timeout_s=2.5, on_sent=sent.append
-    )
+    sent: list[str] = []  # what the passive feed is told was sent on (server.py)
+    metrics = RouterMetrics()
+    metrics.on_decided(lambda decision, _: sent.append(decision.upstream))
+    processor = ExternalProcessor(service, metrics, max_message_timeout_s=2.5)
     ext_grpc.add_ExternalProcessorServicer_to_server(processor, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
