@@ -201,6 +201,9 @@ class _Track:
     seen_at: float = -math.inf
 
 
+_NOTHING_HEARD = _Track()  # read only: the track of a provider no attempt was logged for
+
+
 class PassiveLearner:
     """Per-provider avoidance, latency and error rate, learned online from Envoy's log."""
 
@@ -261,9 +264,8 @@ class PassiveLearner:
     def signals(self, now: float) -> dict[str, PassiveSignal]:
         """What to tell the decision about each provider with something to say, at `now`."""
         signals: dict[str, PassiveSignal] = {}
-        for cluster in self._in_flight.keys() - self._tracks.keys():
-            self._tracks[cluster] = _Track()  # sent to, nothing heard yet
-        for cluster, track in self._tracks.items():
+        for cluster in self._tracks.keys() | self._in_flight.keys():
+            track = self._tracks.get(cluster) or _NOTHING_HEARD  # sent to, nothing heard yet
             notes: list[str] = []
             unanswered = self._unanswered(cluster, now)
             own_waiting = float(max(0, unanswered - self._slots[cluster]))
