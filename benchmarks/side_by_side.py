@@ -55,6 +55,7 @@ from sidecar.devstack.stack import LocalStack, StackPorts, envoy_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL = ROOT / "envoy" / "local.yaml"
+API_LISTENER = "openai_api"  # the other listener, "metrics", is not part of the path
 LITELLM = ROOT / ".venv-litellm" / "bin" / "litellm"
 CHAT = "/v1/chat/completions"
 CONCURRENCY = (1, 8, 32)
@@ -144,7 +145,7 @@ def envoy_alone_config(
 ) -> dict[str, Any]:
     """A rendered stack config minus the router, with one static route to `cluster`.
 
-    Kept: the listener and its connection manager settings, the router filter and the
+    Kept: the API listener and its connection manager settings, the router filter and the
     cluster (health checks, outlier detection, circuit breakers). Gone: ext_proc, Lua,
     the upstream log to the sidecar, the decided routes and every other cluster.
     """
@@ -156,6 +157,7 @@ def envoy_alone_config(
     for node in walk_mappings(config["admin"]):
         if "port_value" in node:
             node["port_value"] = admin
+    static["listeners"] = [found for found in static["listeners"] if found["name"] == API_LISTENER]
     for found in static["listeners"]:
         found["address"]["socket_address"]["port_value"] = listener
     for node in list(walk_mappings(static["listeners"])):

@@ -23,6 +23,7 @@ from sidecar.cli import (
     calibrate,
     check,
     decide,
+    envoy_tracing,
     evaluate,
     index_build,
     model_build,
@@ -56,6 +57,7 @@ COMMANDS: tuple[tuple[tuple[str, ...], Command], ...] = (
     (("index", "build"), index_build),
     (("eval",), evaluate),
     (("calibrate",), calibrate),
+    (("envoy", "tracing"), envoy_tracing),
 )
 
 EXIT_ERROR = 2

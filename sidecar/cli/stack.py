@@ -23,6 +23,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="sidecar settings YAML")
     parser.add_argument("--port", type=int, default=8080, help="Envoy listener port")
     parser.add_argument("--admin-port", type=int, default=9901)
+    parser.add_argument("--metrics-port", type=int, default=9902, help="Envoy's /metrics")
     parser.add_argument("--sidecar-port", type=int, default=50051)
     parser.add_argument("--sidecar-admin-port", type=int, default=9464)
     parser.add_argument("--provider-base-port", type=int, default=8101)
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         providers={
             p.cluster: args.provider_base_port + i for i, p in enumerate(catalogue.providers)
         },
+        envoy_metrics=args.metrics_port,
     )
     sidecar_args = ["--no-semantic"] if args.no_semantic else []
     if args.config:
@@ -57,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
             "\ninference-router local stack is up:",
             f"  OpenAI API (Envoy)   {stack.base_url}/v1/chat/completions",
             f"  Envoy admin          http://127.0.0.1:{stack.ports.admin}/",
+            f"  Envoy metrics        http://127.0.0.1:{stack.ports.envoy_metrics}/metrics",
             f"  router sidecar gRPC  {stack.sidecar_target}",
             f"  router live view     {admin}/",
             f"  router metrics       {admin}/metrics",

@@ -69,21 +69,21 @@ def http_ok(url: str, timeout_s: float = 1) -> bool:
         return False
 
 
-def _reports_serving(stub: health_pb2_grpc.HealthStub, timeout_s: float) -> bool:
+def _reports_serving(stub: health_pb2_grpc.HealthStub, timeout_s: float, service: str = "") -> bool:
     try:
         # types-grpcio-health-checking declares HealthStub without its methods.
         reply = stub.Check(  # type: ignore[attr-defined]
-            health_pb2.HealthCheckRequest(), timeout=timeout_s
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
         )
     except grpc.RpcError:
         return False
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-def grpc_serving(target: str, timeout_s: float = 1) -> bool:
-    """Whether gRPC health at `target` reports SERVING now."""
+def grpc_serving(target: str, timeout_s: float = 1, service: str = "") -> bool:
+    """Whether gRPC health at `target` reports SERVING now, for `service` ("" = the server)."""
     with grpc.insecure_channel(target) as channel:
-        return _reports_serving(health_pb2_grpc.HealthStub(channel), timeout_s)
+        return _reports_serving(health_pb2_grpc.HealthStub(channel), timeout_s, service)
 
 
 def wait_http_ok(url: str, deadline_s: float, process: subprocess.Popen[bytes]) -> None:

@@ -60,6 +60,9 @@ from sidecar.errors import ConfigError, StackError
 log = logging.getLogger(__name__)
 
 SIDECAR_CLUSTER = "router_sidecar"
+# Envoy's metrics listener and the cluster behind it (the admin port, /stats/prometheus).
+METRICS_LISTENER = "metrics"
+ADMIN_CLUSTER = "envoy_admin"
 PRICE_PATH = "/sim/prices"
 # Read every second so a price change shows at once; trusted for 5 s, so a price API
 # that goes away is noticed (static prices, "stale" in the reasons) within 5-6 s.
@@ -97,17 +100,21 @@ class StackPorts:
     sidecar: int = 50051
     sidecar_admin: int = 9464
     providers: Mapping[str, int] = field(default_factory=dict)
+    envoy_metrics: int = 9902
 
     @classmethod
     def ephemeral(cls, catalogue: Catalogue) -> StackPorts:
         """Distinct ports chosen at run time, for tests and parallel stacks."""
-        listener, admin, sidecar, sidecar_admin, *rest = free_ports(4 + len(catalogue.providers))
+        listener, admin, sidecar, sidecar_admin, metrics, *rest = free_ports(
+            5 + len(catalogue.providers)
+        )
         return cls(
             listener=listener,
             admin=admin,
             sidecar=sidecar,
             sidecar_admin=sidecar_admin,
             providers={p.cluster: port for p, port in zip(catalogue.providers, rest, strict=True)},
+            envoy_metrics=metrics,
         )
 
 
@@ -121,11 +128,14 @@ def render_config(config: Mapping[str, object], ports: StackPorts) -> dict[str, 
     static = rendered.get("static_resources")
     if not isinstance(static, dict):
         raise ConfigError("the Envoy config has no static_resources mapping")
+    listener_ports = {METRICS_LISTENER: ports.envoy_metrics}
     for listener in static.get("listeners", []):
-        listener["address"]["socket_address"]["port_value"] = ports.listener
+        listen_on = listener_ports.get(listener.get("name"), ports.listener)
+        listener["address"]["socket_address"]["port_value"] = listen_on
+    cluster_ports = {SIDECAR_CLUSTER: ports.sidecar, ADMIN_CLUSTER: ports.admin}
     for cluster in static["clusters"]:
         name = cluster["name"]
-        port = ports.sidecar if name == SIDECAR_CLUSTER else ports.providers.get(name)
+        port = cluster_ports.get(name, ports.providers.get(name))
         if port is None:
             continue
         for node in walk_mappings(cluster.get("load_assignment")):
@@ -137,26 +147,27 @@ def render_config(config: Mapping[str, object], ports: StackPorts) -> dict[str, 
     return rendered
 
 
-def otlp_address(endpoint: str) -> tuple[str, int]:
+def otlp_address(endpoint: str, given_as: str = OTLP_ENDPOINT_VARIABLE) -> tuple[str, int]:
     """Host and port of an OTLP/gRPC endpoint: `http://host:4317`, or a bare `host:port`."""
     parsed = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
     if parsed.scheme != "http" or not parsed.hostname:
         raise ConfigError(
-            f"{OTLP_ENDPOINT_VARIABLE}={endpoint!r}: the local stack expects "
-            f"http://host:port (a plain-text OTLP/gRPC collector, e.g. http://127.0.0.1:4317)"
+            f"{given_as}={endpoint!r}: want http://host:port "
+            f"(a plain-text OTLP/gRPC collector, e.g. http://127.0.0.1:4317)"
         )
     try:
         port = parsed.port or _OTLP_GRPC_PORT
     except ValueError as exc:
-        raise ConfigError(f"{OTLP_ENDPOINT_VARIABLE}={endpoint!r}: {exc}") from exc
+        raise ConfigError(f"{given_as}={endpoint!r}: {exc}") from exc
     return parsed.hostname, port
 
 
 def enable_tracing(config: dict[str, object], host: str, port: int) -> None:
-    """Give every HTTP connection manager Envoy's OpenTelemetry tracer, exporting to host:port.
+    """Give the API's HTTP connection managers Envoy's OpenTelemetry tracer, to host:port.
 
     Every request is sampled (the sidecar follows Envoy's decision), and the router
-    filter's upstream attempts get spans of their own (spawn_upstream_span).
+    filter's upstream attempts get spans of their own (spawn_upstream_span). The metrics
+    listener is left untraced: a scrape is not a request worth a trace.
     """
     tracing = {
         "random_sampling": {"value": 100},
@@ -170,13 +181,14 @@ def enable_tracing(config: dict[str, object], host: str, port: int) -> None:
             },
         },
     }
-    for node in walk_mappings(config):
-        typed = node.get("typed_config")
-        if node.get("name") == _HCM and isinstance(typed, dict):
-            typed["tracing"] = copy.deepcopy(tracing)
     static = config["static_resources"]
     if not isinstance(static, dict):
         raise ConfigError("the Envoy config has no static_resources mapping")
+    api_listeners = [x for x in static.get("listeners", []) if x.get("name") != METRICS_LISTENER]
+    for node in walk_mappings(api_listeners):
+        typed = node.get("typed_config")
+        if node.get("name") == _HCM and isinstance(typed, dict):
+            typed["tracing"] = copy.deepcopy(tracing)
     address = {"socket_address": {"address": host, "port_value": port}}
     static["clusters"].append(
         {
@@ -303,6 +315,7 @@ class LocalStack:
         return [
             (self.ports.listener, "the Envoy listener"),
             (self.ports.admin, "the Envoy admin"),
+            (self.ports.envoy_metrics, "the Envoy metrics listener"),
             (self.ports.sidecar, "the sidecar's gRPC"),
             (self.ports.sidecar_admin, "the sidecar's admin"),
             *((self.ports.providers[p.cluster], f"the simulator {p.cluster}")

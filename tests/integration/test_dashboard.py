@@ -2,8 +2,9 @@
 
 A full local stack (Envoy, the sidecar with its semantic classifier, simulated
 providers) serves a few requests, one of them refused, so that the labelled series
-exist; then the sidecar's /metrics and Envoy's /stats/prometheus are scraped, and each
-metric name in each panel's PromQL (`tests/dashboard_queries.py`) must be among them.
+exist; then the sidecar's /metrics and Envoy's metrics listener (its /stats/prometheus)
+are scraped, and each metric name in each panel's PromQL (`tests/dashboard_queries.py`)
+must be among them.
 Envoy exports its counters at zero (retries, outlier ejections) before anything happens.
 """
 
@@ -52,7 +53,7 @@ def test_every_metric_the_dashboard_queries_is_exported(
             assert client.post(CHAT, json={**body, "max_tokens": 4}).status_code == 200
         assert client.post(CHAT, content=b"{not json").status_code == 400
     sidecar = scrape(f"http://127.0.0.1:{stack.ports.sidecar_admin}/metrics")
-    envoy = scrape(f"http://127.0.0.1:{stack.ports.admin}/stats/prometheus")
+    envoy = scrape(f"http://127.0.0.1:{stack.ports.envoy_metrics}/metrics")  # its metrics listener
     exported = exported_names(sidecar) | exported_names(envoy)
     users = referenced_names(load_dashboard())
     missing = {name: sorted(panels) for name, panels in users.items() if name not in exported}

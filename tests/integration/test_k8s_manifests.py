@@ -12,7 +12,6 @@ drain) are asserted on the rendered Deployment, so an overlay's patch cannot und
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,11 +24,19 @@ import yaml
 from sidecar.config.envoy import load_catalogue
 from sidecar.config.settings import Settings, load_settings
 from sidecar.devstack.stack import envoy_binary
+from tests.integration.kube import (
+    Manifest,
+    as_list,
+    config_file,
+    container,
+    get_in,
+    pod_spec,
+    render,
+)
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-K8S = ROOT / "k8s" / "overlays"
 KUBERNETES_VERSION = "1.31.0"
 ENVOY_FILES = {
     "dev": ROOT / "envoy" / "local.yaml",
@@ -39,72 +46,12 @@ EXEMPLARS = ROOT / "sidecar" / "data" / "exemplars.jsonl"
 SECRETS_DIR = "/etc/envoy/secrets/"
 SIDECARS = ("router", "envoy")
 
-Manifest = dict[str, object]
-
-
-def render(overlay: str) -> list[Manifest]:
-    """The overlay's objects, as `kubectl kustomize` renders them."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed: cannot render k8s/ with kustomize")
-    # The generators read envoy/ and sidecar/data/ in place, outside the kustomization root.
-    argv = [kubectl, "kustomize", "--load-restrictor=LoadRestrictionsNone", str(K8S / overlay)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr
-    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
-
-
-def find(objects: list[Manifest], kind: str, prefix: str) -> Manifest:
-    """The one object of `kind` whose name starts with `prefix` (generators add a hash)."""
-    found = [
-        obj for obj in objects
-        if obj["kind"] == kind and str(_get(obj, "metadata", "name")).startswith(prefix)
-    ]  # fmt: skip
-    assert len(found) == 1, f"want one {kind} {prefix}*, found {len(found)}"
-    return found[0]
-
-
-def _get(obj: object, *keys: str) -> object:
-    for key in keys:
-        assert isinstance(obj, dict), f"{key}: parent is not a mapping"
-        obj = obj.get(key)
-    return obj
-
-
-def _list(obj: object) -> list[dict[str, object]]:
-    if obj is None:
-        return []
-    assert isinstance(obj, list)
-    return obj
-
-
-def config_file(objects: list[Manifest], prefix: str, key: str) -> str:
-    """The text of one file carried by a generated ConfigMap."""
-    text = _get(find(objects, "ConfigMap", prefix), "data", key)
-    assert isinstance(text, str), f"ConfigMap {prefix}* has no {key}"
-    return text
-
-
-def pod_spec(objects: list[Manifest]) -> dict[str, object]:
-    """The router Deployment's pod spec."""
-    spec = _get(find(objects, "Deployment", "inference-router"), "spec", "template", "spec")
-    assert isinstance(spec, dict)
-    return spec
-
-
-def container(spec: dict[str, object], name: str) -> dict[str, object]:
-    """The container or init container called `name`."""
-    every = _list(spec.get("initContainers")) + _list(spec.get("containers"))
-    named = [c for c in every if c["name"] == name]
-    assert len(named) == 1, f"want one container {name}"
-    return named[0]
-
 
 def sds_secrets(envoy_config: object) -> Iterator[tuple[str, str]]:
     """(secret name, file path) of every SDS secret the Envoy config reads from a file."""
     if isinstance(envoy_config, dict):
         path = (
-            _get(envoy_config, "sds_config", "path_config_source", "path")
+            get_in(envoy_config, "sds_config", "path_config_source", "path")
             if "sds_config" in envoy_config
             else None
         )
@@ -133,9 +80,8 @@ def test_every_object_validates_against_the_kubernetes_schemas(
         try:
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
-            pytest.fail(
-                f"{obj['kind']} {_get(obj, 'metadata', 'name')}: {exc.message} at {list(exc.path)}"
-            )
+            name = get_in(obj, "metadata", "name")
+            pytest.fail(f"{obj['kind']} {name}: {exc.message} at {list(exc.path)}")
 
 
 def test_envoy_config_is_the_repo_file_and_envoy_accepts_it(
@@ -192,33 +138,35 @@ def _settings(objects: list[Manifest], tmp_path: Path) -> Settings:
 
 
 def _mounts(spec: dict[str, object], name: str) -> dict[str, str]:
-    return {m["mountPath"]: m["name"] for m in _list(container(spec, name).get("volumeMounts"))}  # type: ignore[misc]
+    return {m["mountPath"]: m["name"] for m in as_list(container(spec, name).get("volumeMounts"))}  # type: ignore[misc]
 
 
 def test_the_pod_keeps_its_promises(overlay: tuple[str, list[Manifest]], tmp_path: Path) -> None:
     _, objects = overlay
     spec = pod_spec(objects)
     settings = _settings(objects, tmp_path)
-    # Native sidecars: started in order before the app, stopped after it.
-    assert [c["name"] for c in _list(spec["initContainers"])][: len(SIDECARS)] == list(SIDECARS)
-    for name in SIDECARS:
-        assert container(spec, name)["restartPolicy"] == "Always"
-    assert _get(spec, "securityContext", "runAsNonRoot") is True
-    for each in _list(spec.get("initContainers")) + _list(spec["containers"]):
+    # Native sidecars: started in order before the app, stopped after it; a plain init
+    # container (dev: the one that writes Envoy's traced config) runs to its end first.
+    init = as_list(spec["initContainers"])
+    sidecars = [c["name"] for c in init if c.get("restartPolicy") == "Always"]
+    assert sidecars == list(SIDECARS)
+    assert [c["name"] for c in init][-len(SIDECARS) :] == list(SIDECARS)
+    assert get_in(spec, "securityContext", "runAsNonRoot") is True
+    for each in as_list(spec.get("initContainers")) + as_list(spec["containers"]):
         context = each["securityContext"]
-        assert _get(context, "readOnlyRootFilesystem") is True, each["name"]
-        assert _get(context, "allowPrivilegeEscalation") is False, each["name"]
-        assert _get(context, "capabilities", "drop") == ["ALL"], each["name"]
-        assert "limits" in _get(each, "resources"), each["name"]  # type: ignore[operator]
+        assert get_in(context, "readOnlyRootFilesystem") is True, each["name"]
+        assert get_in(context, "allowPrivilegeEscalation") is False, each["name"]
+        assert get_in(context, "capabilities", "drop") == ["ALL"], each["name"]
+        assert "limits" in get_in(each, "resources"), each["name"]  # type: ignore[operator]
     grace = spec["terminationGracePeriodSeconds"]
     assert isinstance(grace, int) and grace > settings.shutdown_grace_s
     router = container(spec, "router")
-    assert _get(router, "startupProbe", "grpc", "port") == 50051
+    assert get_in(router, "startupProbe", "grpc", "port") == 50051
     assert (
-        _get(router, "readinessProbe", "grpc", "service")
+        get_in(router, "readinessProbe", "grpc", "service")
         == "envoy.service.ext_proc.v3.ExternalProcessor"
     )
-    assert _get(router, "livenessProbe", "grpc", "port") == 50051
+    assert get_in(router, "livenessProbe", "grpc", "port") == 50051
     assert settings.listen.endswith(":50051")
     # The files the settings name are where the ConfigMaps are mounted.
     router_mounts = _mounts(spec, "router")
@@ -228,13 +176,13 @@ def test_the_pod_keeps_its_promises(overlay: tuple[str, list[Manifest]], tmp_pat
 
 def test_provider_keys_reach_envoy_alone() -> None:
     spec = pod_spec(render("production"))
-    secrets = {v["name"] for v in _list(spec["volumes"]) if "secret" in v}
+    secrets = {v["name"] for v in as_list(spec["volumes"]) if "secret" in v}
     assert secrets == {"provider-keys"}
     envoy_config = yaml.safe_load(ENVOY_FILES["production"].read_text())
     paths = {path for _, path in sds_secrets(envoy_config)}
     assert paths and all(path.startswith(SECRETS_DIR) for path in paths)
     assert _mounts(spec, "envoy")[SECRETS_DIR.rstrip("/")] == "provider-keys"
-    for each in _list(spec.get("initContainers")) + _list(spec["containers"]):
+    for each in as_list(spec.get("initContainers")) + as_list(spec["containers"]):
         if each["name"] != "envoy":
             assert not secrets & set(_mounts(spec, str(each["name"])).values()), each["name"]
 
@@ -242,18 +190,20 @@ def test_provider_keys_reach_envoy_alone() -> None:
 def test_dev_simulators_match_the_local_envoy_clusters() -> None:
     spec = pod_spec(render("dev"))
     config = yaml.safe_load(ENVOY_FILES["dev"].read_text())
-    clusters = {c["name"]: c for c in _list(_get(config, "static_resources", "clusters"))}
+    clusters = {c["name"]: c for c in as_list(get_in(config, "static_resources", "clusters"))}
     catalogue = load_catalogue(ENVOY_FILES["dev"])
     for provider in catalogue.providers:
-        endpoint = _list(_get(clusters[provider.cluster], "load_assignment", "endpoints"))[0]
-        address = _get(_list(endpoint["lb_endpoints"])[0], "endpoint", "address", "socket_address")
+        endpoint = as_list(get_in(clusters[provider.cluster], "load_assignment", "endpoints"))[0]
+        address = get_in(
+            as_list(endpoint["lb_endpoints"])[0], "endpoint", "address", "socket_address"
+        )
         args = container(spec, provider.cluster)["args"]
         assert isinstance(args, list)
         flags = dict(zip(args[1::2], args[2::2], strict=False))
         assert flags["--name"] == provider.cluster
         assert flags["--model"] == provider.model
-        assert flags["--host"] == _get(address, "address")
-        assert flags["--port"] == str(_get(address, "port_value"))
+        assert flags["--host"] == get_in(address, "address")
+        assert flags["--port"] == str(get_in(address, "port_value"))
         assert flags["--ttft-ms"] == str(round(provider.ttft_s * 1000))
         assert float(flags["--tokens-per-s"]) == provider.tokens_per_s
         assert int(flags["--concurrency"]) == provider.max_concurrency
@@ -262,10 +212,10 @@ def test_dev_simulators_match_the_local_envoy_clusters() -> None:
 def test_dev_prometheus_scrapes_every_simulator() -> None:
     objects = render("dev")
     config = yaml.safe_load(config_file(objects, "dev-prometheus", "prometheus.yaml"))
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     scraped = {
         (target, group["labels"]["cluster"])
-        for job in config["scrape_configs"]
-        for group in job["static_configs"]
+        for group in jobs["simulators"]["static_configs"]
         for target in group["targets"]
     }
     catalogue = load_catalogue(ENVOY_FILES["dev"])
@@ -274,3 +224,13 @@ def test_dev_prometheus_scrapes_every_simulator() -> None:
         for provider in catalogue.providers
     }
     assert scraped == wanted
+    # And the pod's own metrics, on the ports the router settings and Envoy YAML name.
+    settings = yaml.safe_load(config_file(objects, "router-settings", "router.yaml"))
+    router_port = str(settings["admin_listen"]).rsplit(":", 1)[1]
+    assert jobs["router"]["static_configs"][0]["targets"] == [f"127.0.0.1:{router_port}"]
+    envoy = yaml.safe_load(ENVOY_FILES["dev"].read_text())
+    metrics = next(
+        x for x in as_list(get_in(envoy, "static_resources", "listeners")) if x["name"] == "metrics"
+    )
+    envoy_port = get_in(metrics, "address", "socket_address", "port_value")
+    assert jobs["envoy"]["static_configs"][0]["targets"] == [f"127.0.0.1:{envoy_port}"]

@@ -114,6 +114,7 @@ def stack_argv(ports: StackPorts, provider_base_port: int) -> list[str]:
         sys.executable, "-m", "sidecar", "stack", "--no-semantic",
         "--envoy-config", str(LOCAL_CONFIG),
         "--port", str(ports.listener), "--admin-port", str(ports.admin),
+        "--metrics-port", str(ports.envoy_metrics),
         "--sidecar-port", str(ports.sidecar), "--sidecar-admin-port", str(ports.sidecar_admin),
         "--provider-base-port", str(provider_base_port),
     ]  # fmt: skip
@@ -125,8 +126,8 @@ def run_stack_command(tmp: Path) -> Iterator[StackCommand]:
     for attempt in range(1, START_ATTEMPTS + 1):
         base = free_run(len(catalogue.providers))
         providers = {p.cluster: base + i for i, p in enumerate(catalogue.providers)}
-        listener, admin, sidecar, sidecar_admin = free_ports(4)
-        ports = StackPorts(listener, admin, sidecar, sidecar_admin, providers)
+        listener, admin, sidecar, sidecar_admin, metrics = free_ports(5)
+        ports = StackPorts(listener, admin, sidecar, sidecar_admin, providers, metrics)
         stderr = tmp / f"stack-{attempt}.err"
         with (tmp / f"stack-{attempt}.out").open("wb") as out, stderr.open("wb") as err:
             process = subprocess.Popen(stack_argv(ports, base), stdout=out, stderr=err)
@@ -379,8 +380,8 @@ def test_the_stack_command_names_a_port_in_use() -> None:
         leftover.bind(("127.0.0.1", 0))
         leftover.listen()
         port = leftover.getsockname()[1]
-        listener, sidecar, sidecar_admin = free_ports(3)
-        ports = StackPorts(listener, port, sidecar, sidecar_admin)
+        listener, sidecar, sidecar_admin, metrics = free_ports(4)
+        ports = StackPorts(listener, port, sidecar, sidecar_admin, envoy_metrics=metrics)
         result = subprocess.run(
             stack_argv(ports, free_run(4)), capture_output=True, text=True, timeout=60
         )

@@ -149,3 +149,20 @@ def test_fail_closed_503_carries_no_decision_headers(tmp_path: Path) -> None:
         assert _decision_headers(reply) == {}
     finally:
         stack.stop()
+
+
+def test_envoy_metrics_listener_serves_prometheus_text_and_nothing_of_the_admin(
+    stack: LocalStack,
+) -> None:
+    metrics = f"http://127.0.0.1:{stack.ports.envoy_metrics}"
+    reply = httpx.get(metrics + "/metrics", timeout=10)
+    assert reply.status_code == 200
+    assert reply.headers["content-type"].startswith("text/plain")
+    assert "# TYPE envoy_cluster_upstream_rq_total counter" in reply.text
+    assert 'envoy_cluster_name="sim-mid-a"' in reply.text
+    # The admin's other endpoints (which can drain or stop Envoy) are not reachable here.
+    admin_only = [("POST", "/quitquitquit"), ("POST", "/healthcheck/fail"), ("GET", "/clusters")]
+    for method, path in [*admin_only, ("POST", "/metrics"), ("GET", "/stats")]:
+        assert httpx.request(method, metrics + path, timeout=10).status_code == 404, path
+    ready = httpx.get(metrics + "/ready", timeout=10)  # what the production pod's probes read
+    assert (ready.status_code, ready.text.strip()) == (200, "LIVE")

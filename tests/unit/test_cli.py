@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sidecar.cli import main as cli_main
 
@@ -66,6 +67,7 @@ def test_every_subcommand_is_wired() -> None:
         ["index", "build", "x.jsonl", "-o", "out"],
         ["eval", "--split", "rows.jsonl"],
         ["calibrate", "--settings", "s.yaml", "--target-oos-recall", "0.9"],
+        ["envoy", "tracing", "in.yaml", "out.yaml", "--otlp-endpoint", "http://j:4317"],
     ):
         args = parser.parse_args(argv)
         assert callable(args.run), argv
@@ -76,3 +78,36 @@ def test_a_subcommand_is_required(capsys: pytest.CaptureFixture[str]) -> None:
         cli_main.build_parser().parse_args([])
     assert caught.value.code == 2
     assert "command" in capsys.readouterr().err
+
+
+def test_envoy_tracing_writes_a_traced_copy_of_the_api_listener_only(tmp_path: Path) -> None:
+    source = ROOT / "envoy" / "local.yaml"
+    before = source.read_text()
+    target = tmp_path / "traced" / "envoy.yaml"
+    target.parent.mkdir()
+    argv = ["envoy", "tracing", str(source), str(target), "--otlp-endpoint", "http://jaeger:4317"]
+    assert cli_main.main(argv) == 0
+    assert source.read_text() == before
+    config = yaml.safe_load(target.read_text())
+    static = config["static_resources"]
+    traced = {
+        listener["name"]: "tracing" in listener["filter_chains"][0]["filters"][0]["typed_config"]
+        for listener in static["listeners"]
+    }
+    assert traced == {"openai_api": True, "metrics": False}  # a scrape is not worth a trace
+    (collector,) = [c for c in static["clusters"] if c["name"] == "otel_collector"]
+    endpoint = collector["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert endpoint["address"]["socket_address"] == {"address": "jaeger", "port_value": 4317}
+    untraced = {key: value for key, value in config.items() if key != "static_resources"}
+    assert untraced == {k: v for k, v in yaml.safe_load(before).items() if k != "static_resources"}
+
+
+def test_envoy_tracing_refuses_a_tls_endpoint_in_one_line(tmp_path: Path) -> None:
+    result = _python(
+        "-m", "sidecar", "envoy", "tracing", str(ROOT / "envoy" / "local.yaml"),
+        str(tmp_path / "out.yaml"), "--otlp-endpoint", "https://collector:4317",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith("inference-router: error: --otlp-endpoint='https://")
+    assert len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "out.yaml").exists()

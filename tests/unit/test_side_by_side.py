@@ -104,7 +104,7 @@ def test_envoy_alone_has_no_router_and_one_static_route_to_the_simulator() -> No
     assert "router_sidecar" not in str(config)
     static = config["static_resources"]
     assert [c["name"] for c in static["clusters"]] == ["sim-mid-a"]
-    listener = static["listeners"][0]
+    (listener,) = static["listeners"]  # the API listener; not Envoy's metrics listener
     assert listener["address"]["socket_address"]["port_value"] == 18080
     assert config["admin"]["address"]["socket_address"]["port_value"] == 19901
     hcm: dict[str, Any] = next(n for n in walk_mappings(config) if "route_config" in n)
