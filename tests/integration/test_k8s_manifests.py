@@ -12,6 +12,7 @@ drain) are asserted on the rendered Deployment, so an overlay's patch cannot und
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -234,3 +235,15 @@ def test_dev_prometheus_scrapes_every_simulator() -> None:
     )
     envoy_port = get_in(metrics, "address", "socket_address", "port_value")
     assert jobs["envoy"]["static_configs"][0]["targets"] == [f"127.0.0.1:{envoy_port}"]
+
+
+def test_the_envoy_image_is_the_release_the_tests_run(overlay: tuple[str, list[Manifest]]) -> None:
+    """The pod's Envoy is the minor release whose binary validated its config above."""
+    _, objects = overlay
+    image = str(container(pod_spec(objects), "envoy")["image"])
+    done = subprocess.run(
+        [envoy_binary(), "--version"], capture_output=True, text=True, timeout=30, check=True
+    )
+    found = re.search(r"/(\d+)\.(\d+)\.\d+/", done.stdout)
+    assert found, done.stdout
+    assert image == f"envoyproxy/envoy:v{found[1]}.{found[2]}-latest"
