@@ -33,6 +33,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="prompts matching this regex get weak, low-logprob answers (repeatable)",
     )
     parser.add_argument(
+        "--shaky-share",
+        type=float,
+        default=0.0,
+        help="share of prompts (fixed per prompt) answered shakily: plain text, low logprobs",
+    )
+    parser.add_argument(
         "--default-max-tokens", type=int, default=4096, help="output cap without max_tokens"
     )
     parser.add_argument("--seed", type=int, default=0, help="varies answers between providers")
@@ -61,6 +67,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         max_queue=args.max_queue,
         style=args.style,
         weak_patterns=tuple(args.weak_pattern),
+        shaky_share=args.shaky_share,
         default_max_tokens=args.default_max_tokens,
         seed=args.seed,
         check_model=args.check_model,

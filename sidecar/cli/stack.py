@@ -28,6 +28,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sidecar-admin-port", type=int, default=9464)
     parser.add_argument("--provider-base-port", type=int, default=8101)
     parser.add_argument("--no-semantic", action="store_true")
+    parser.add_argument(
+        "--shaky-share",
+        type=float,
+        default=0.3,
+        help="share of prompts the cheapest simulator answers shakily (a cascade escalates them)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,7 +56,15 @@ def run(args: argparse.Namespace) -> int:
     sidecar_args = ["--no-semantic"] if args.no_semantic else []
     if args.config:
         sidecar_args += ["--config", str(args.config)]
-    stack = LocalStack(args.envoy_config, ports, sidecar_args=sidecar_args)
+    # The cheapest provider answers some prompts shakily, so a cascade (router:cost) can be
+    # seen escalating them: x-router-cascade: small(0.41)>mid.
+    cheapest = min(catalogue.providers, key=lambda p: p.price.output_per_mtok).cluster
+    stack = LocalStack(
+        args.envoy_config,
+        ports,
+        sidecar_args=sidecar_args,
+        shaky_share={cheapest: args.shaky_share},
+    )
     stack.start()
     supervisor = Supervisor(stack, RestartPolicy(time.monotonic))
     try:

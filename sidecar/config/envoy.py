@@ -20,6 +20,11 @@ from sidecar.errors import ConfigError
 
 METADATA_KEY = "inference_router"
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
+# The second ext_proc filter, which a cascading request's route switches on to hand the
+# sidecar the buffered answer (README "Cascade").
+CASCADE_FILTER = "inference_router.cascade"
+# The listener the OpenAI API is served on; a cascade re-sends its escalations to it.
+API_LISTENER = "openai_api"
 
 
 class _PriceModel(BaseModel):
@@ -39,6 +44,7 @@ class _ProviderModel(BaseModel):
     ttft_ms: float = Field(default=300.0, gt=0)
     tokens_per_s: float = Field(default=80.0, gt=0)
     max_concurrency: int = Field(default=64, ge=1)
+    logprobs: bool = False
 
 
 def _provider_from_metadata(cluster: str, raw: object, source: str) -> Provider:
@@ -59,6 +65,7 @@ def _provider_from_metadata(cluster: str, raw: object, source: str) -> Provider:
         ttft_s=parsed.ttft_ms / 1000.0,
         tokens_per_s=parsed.tokens_per_s,
         max_concurrency=parsed.max_concurrency,
+        logprobs=parsed.logprobs,
     )
 
 
@@ -100,12 +107,26 @@ def admin_address(config: Mapping[str, object], source: str) -> tuple[str, int] 
     address is read on loopback.
     """
     admin = config.get("admin")
-    address = admin.get("address") if isinstance(admin, Mapping) else None
+    return _socket_address(admin, source, "admin.address.socket_address")
+
+
+def api_listener_address(config: Mapping[str, object], source: str) -> tuple[str, int] | None:
+    """Where Envoy serves the OpenAI API (host, port): the `openai_api` listener's address."""
+    static = config.get("static_resources")
+    listeners = static.get("listeners") if isinstance(static, Mapping) else None
+    for listener in listeners if isinstance(listeners, list) else ():
+        if isinstance(listener, Mapping) and listener.get("name") == API_LISTENER:
+            key = f"listener {API_LISTENER}: address.socket_address"
+            return _socket_address(listener, source, key)
+    return None
+
+
+def _socket_address(holder: object, source: str, key: str) -> tuple[str, int] | None:
+    address = holder.get("address") if isinstance(holder, Mapping) else None
     socket = address.get("socket_address") if isinstance(address, Mapping) else None
     if not isinstance(socket, Mapping):
         return None
     host, port = socket.get("address"), socket.get("port_value")
-    key = "admin.address.socket_address"
     if not isinstance(host, str) or not host:
         raise ConfigError(f"{source}: {key}.address: missing or not a string")
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
@@ -123,14 +144,17 @@ def load_catalogue(path: Path) -> Catalogue:
     return catalogue_from_envoy_config(load_envoy_yaml(path), str(path))
 
 
-def ext_proc_max_message_timeout_s(config: Mapping[str, object]) -> float:
-    """The ext_proc filter's `max_message_timeout` in seconds (0: Envoy allows no override).
+def ext_proc_max_message_timeout_s(
+    config: Mapping[str, object], filter_name: str = EXT_PROC_FILTER
+) -> float:
+    """An ext_proc filter's `max_message_timeout` in seconds (0: Envoy allows no override).
 
     The sidecar may ask Envoy for this much time on a message it cannot answer within
-    `message_timeout` (a body of several MiB); asking for more makes Envoy ignore the ask.
+    `message_timeout` (a body of several MiB; a cascade's escalation); asking for more
+    makes Envoy ignore the ask.
     """
     for node in walk_mappings(config):
-        if node.get("name") != EXT_PROC_FILTER:
+        if node.get("name") != filter_name:
             continue
         typed = node.get("typed_config")
         raw = typed.get("max_message_timeout") if isinstance(typed, Mapping) else None

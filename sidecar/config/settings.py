@@ -188,6 +188,31 @@ class EnvoyHealthSettings(_Strict):
         return self
 
 
+class CascadeSettings(_Strict):
+    """Model cascading: a cheap model first, its answer judged, a shaky one escalated.
+
+    Needs the Envoy config's `inference_router.cascade` filter and cascade route (both
+    shipped Envoy files have them); without them nothing cascades. README "Cascade".
+    """
+
+    enabled: bool = True
+    # Requests under these policies cascade; an Envoy route can opt in any request with
+    # the gRPC metadata x-router-route-cascade: "true".
+    policies: list[Policy] = Field(default_factory=lambda: [Policy.COST])
+    max_attempts: int = Field(default=2, ge=2, le=5)  # models tried, the first included
+    # From the first decision to the answer returned; below the cascade filter's
+    # max_message_timeout in the Envoy YAML (checked at start).
+    budget_s: float = Field(default=30.0, gt=0, le=600)
+    # An answer whose confidence is below this is escalated.
+    threshold: float = Field(default=0.5, ge=0, le=1)
+    # Where escalations are sent; null: the Envoy YAML's openai_api listener.
+    envoy_url: str | None = None
+    # Ask providers that can (catalogue `logprobs: true`) for token logprobs the client
+    # did not ask for; they are removed from the answer it gets.
+    ask_logprobs: bool = True
+    max_pending: int = Field(default=1024, ge=1)  # answers awaited at once, at most
+
+
 class Settings(_Strict):
     """Everything the sidecar reads at start."""
 
@@ -210,6 +235,7 @@ class Settings(_Strict):
     price_feed: PriceFeedSettings = Field(default_factory=PriceFeedSettings)
     passive_feed: PassiveFeedSettings = Field(default_factory=PassiveFeedSettings)
     push_feed: PushFeedSettings = Field(default_factory=PushFeedSettings)
+    cascade: CascadeSettings = Field(default_factory=CascadeSettings)
 
     def routing_table(self) -> RoutingTable:
         """The part of the settings the decision core routes by."""

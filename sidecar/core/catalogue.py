@@ -40,6 +40,7 @@ class Provider:
     ttft_s: float = 0.3
     tokens_per_s: float = 80.0
     max_concurrency: int = 64
+    logprobs: bool = False  # answers token logprobs when asked (a cascade's evaluator reads them)
 
     def serves(self, model: str) -> bool:
         """True when a client asking for `model` may be sent here."""

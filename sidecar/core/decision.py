@@ -141,9 +141,12 @@ def decide(
     snapshot: ProviderSnapshot,
     verdict: RouteVerdict | None = None,
     limits: Limits = NO_LIMITS,
+    escalate_to: str | None = None,
 ) -> Decision:
     """Choose the upstream cluster and model for one request.
 
+    `escalate_to` names the tier a cascade sends a shaky answer's request to: that tier
+    serves, the policy still choosing among its providers (sidecar/core/cascade.py).
     Raises NotFoundError for a model no provider serves, OutOfLimitsError when no
     provider that could serve the request fits the client's limits.
     """
@@ -166,7 +169,10 @@ def decide(
         if not any(_fits(c, limits) for c in candidates):
             raise _out_of_limits(candidates, limits)
     else:
-        route, reason = _route_for(intent.policy, verdict, table)
+        if escalate_to is not None:
+            route, reason = escalate_to, f"cascade: a shaky answer, escalated to {escalate_to}"
+        else:
+            route, reason = _route_for(intent.policy, verdict, table)
         home = costs(_providers_for(route, intent.policy, table, catalogue))
         candidates, reason = _serving_tier(
             home, reason, limits, table, lambda tier: costs(catalogue.in_tier(tier))

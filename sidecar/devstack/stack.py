@@ -255,8 +255,11 @@ class LocalStack:
         quiet: bool = False,
         price_feed: bool = True,
         environ: Mapping[str, str] | None = None,
+        shaky_share: Mapping[str, float] | None = None,
     ) -> None:
         self.source = load_envoy_yaml(envoy_config)
+        # Per simulator: the share of prompts it answers shakily (a cascade escalates them).
+        self._shaky_share = dict(shaky_share or {})
         # The children's environment; its OTEL_* variables turn tracing on (module doc).
         self._environ = dict(os.environ if environ is None else environ)
         endpoint = self._environ.get(OTLP_ENDPOINT_VARIABLE, "").strip()
@@ -359,6 +362,7 @@ class LocalStack:
             "--concurrency", str(provider.max_concurrency),
             # Like a real provider: a wrong `model` (a missed rewrite) is a 404, not served.
             "--check-model",
+            "--shaky-share", str(self._shaky_share.get(provider.cluster, 0.0)),
         )  # fmt: skip
         return Child(provider.cluster, argv, url, partial(http_ok, url), deadline_s=30)
 

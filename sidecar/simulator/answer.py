@@ -70,8 +70,15 @@ _HEDGES = (
     "It could be {word}, though I may be wrong.",
 )
 
-_CONFIDENT_LOGPROB = (0.01, 0.1)  # drawn as negative: mean about -0.05
-_WEAK_LOGPROB = (1.5, 3.5)  # mean about -2.5
+_WEAK_LOGPROB = (1.5, 3.5)  # drawn as negative: mean about -2.5
+# Token surprisal (-logprob) is drawn from an exponential distribution, as it roughly is
+# for real models: mostly likely tokens, now and then a far less likely one. A confident
+# answer's mean surprisal is 0.08 nats (a typical token 92 % likely); a shaky answer reads
+# like any other but the model was unsure while writing it: 0.9 nats (40 %). The answers'
+# mean logprobs separate over tens of tokens and overlap over a few.
+_CONFIDENT_MEAN_SURPRISAL = 0.08
+_SHAKY_MEAN_SURPRISAL = 0.9
+_MAX_SURPRISAL = 12.0
 _CONFIDENT_ALTERNATIVE_GAP = (3.0, 8.0)
 _WEAK_ALTERNATIVE_LOGPROB = (1.8, 3.2)
 
@@ -100,6 +107,7 @@ class Answer:
     tokens: tuple[Token, ...]
     finish_reason: FinishReason
     weak: bool
+    shaky: bool = False
 
     @property
     def text(self) -> str:
@@ -122,6 +130,14 @@ def is_weak(prompt: str, patterns: Sequence[re.Pattern[str]]) -> bool:
     return any(pattern.search(prompt) for pattern in patterns)
 
 
+def is_shaky(prompt: str, seed: int, share: float) -> bool:
+    """Whether the model is unsure of this prompt: a fixed `share` of prompts, by hash."""
+    if share <= 0:
+        return False
+    fraction = (_prompt_seed(seed, "shaky\0" + prompt) % 1_000_000) / 1_000_000
+    return fraction < share
+
+
 def compose_answer(
     prompt: str,
     echo_text: str,
@@ -131,8 +147,13 @@ def compose_answer(
     seed: int,
     max_tokens: int,
     top_k: int,
+    shaky: bool = False,
 ) -> Answer:
-    """The deterministic answer to `prompt`, cut at `max_tokens`, with `top_k` candidates."""
+    """The deterministic answer to `prompt`, cut at `max_tokens`, with `top_k` candidates.
+
+    A weak answer is a hedge with very low logprobs; a shaky one is ordinary text whose
+    logprobs say the model was unsure (module constants).
+    """
     rng = random.Random(_prompt_seed(seed, prompt))
     if weak:
         text = rng.choice(_HEDGES).format(word=rng.choice(_LOREM))
@@ -145,8 +166,11 @@ def compose_answer(
     if len(pieces) > max_tokens:
         pieces = pieces[:max_tokens]
         finish_reason = "length"
-    tokens = tuple(_scored_token(rng, piece, weak=weak, top_k=top_k) for piece in pieces)
-    return Answer(tokens=tokens, finish_reason=finish_reason, weak=weak)
+    shaky = shaky and not weak
+    tokens = tuple(
+        _scored_token(rng, piece, weak=weak, shaky=shaky, top_k=top_k) for piece in pieces
+    )
+    return Answer(tokens=tokens, finish_reason=finish_reason, weak=weak, shaky=shaky)
 
 
 def _prompt_seed(seed: int, prompt: str) -> int:
@@ -186,9 +210,12 @@ def _filler(rng: random.Random, style: Style, length: int) -> str:
     return "\n\n".join(paragraphs)
 
 
-def _scored_token(rng: random.Random, piece: str, *, weak: bool, top_k: int) -> Token:
-    low, high = _WEAK_LOGPROB if weak else _CONFIDENT_LOGPROB
-    logprob = -rng.uniform(low, high)
+def _scored_token(rng: random.Random, piece: str, *, weak: bool, shaky: bool, top_k: int) -> Token:
+    if weak:
+        logprob = -rng.uniform(*_WEAK_LOGPROB)
+    else:
+        mean = _SHAKY_MEAN_SURPRISAL if shaky else _CONFIDENT_MEAN_SURPRISAL
+        logprob = -min(_MAX_SURPRISAL, rng.expovariate(1 / mean))
     if top_k == 0:
         return Token(text=piece, logprob=logprob, top=())
     lead = piece[: len(piece) - len(piece.lstrip())] or " "
@@ -199,7 +226,7 @@ def _scored_token(rng: random.Random, piece: str, *, weak: bool, top_k: int) -> 
         if alternative in seen:
             continue
         seen.add(alternative)
-        if weak:
+        if weak or shaky:
             alt_logprob = -rng.uniform(*_WEAK_ALTERNATIVE_LOGPROB)
         else:
             alt_logprob = logprob - rng.uniform(*_CONFIDENT_ALTERNATIVE_GAP)

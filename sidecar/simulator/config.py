@@ -26,6 +26,9 @@ class SimulatorConfig:
     max_queue: int = 256
     style: Style = "lorem"
     weak_patterns: tuple[str, ...] = ()  # case-insensitive regexes the model answers badly
+    # The share of prompts (fixed per prompt, by hash) the model answers shakily: ordinary
+    # text with low logprobs, what a cascade's evaluator should catch.
+    shaky_share: float = 0.0
     default_max_tokens: int = 4096
     seed: int = 0
     # Refuse a `model` other than `model` and `accept_models` with 404 model_not_found, as
@@ -56,6 +59,8 @@ class SimulatorConfig:
         if self.style not in STYLES:
             raise SimulatorConfigError(f"{where}: 'style' must be one of {', '.join(STYLES)}")
         compile_weak_patterns(self.weak_patterns)
+        if not (0.0 <= self.shaky_share <= 1.0):
+            raise SimulatorConfigError(f"{where}: 'shaky_share' must be in [0, 1]")
         if not all(isinstance(name, str) and name for name in self.accept_models):
             raise SimulatorConfigError(f"{where}: 'accept_models' must be non-empty strings")
 

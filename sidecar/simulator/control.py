@@ -28,6 +28,7 @@ class Behaviour:
     accept_models: tuple[str, ...] = ()  # other names accepted when checking, e.g. "auto"
     fail_status: int | None = None  # answer every completion with this error (429, 5xx)
     retry_after_s: int | None = None  # with fail_status: the Retry-After header it sends
+    shaky_share: float = 0.0  # the share of prompts answered shakily (SimulatorConfig)
 
     def as_json(self) -> dict[str, object]:
         """The behaviour as `GET /sim/control` reports it."""
@@ -38,6 +39,7 @@ class Behaviour:
 
 _FIELDS = (
     "stall", "stall_health", "check_model", "accept_models", "fail_status", "retry_after_s",
+    "shaky_share",
 )  # fmt: skip
 # The failures real providers answer with: rate limited, broken, overloaded, timed out.
 FAIL_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -56,6 +58,7 @@ def updated(current: Behaviour, payload: Mapping[str, object]) -> Behaviour:
         accept_models=current.accept_models if accept is None else accepted_names(accept),
         fail_status=_optional_int(payload, "fail_status", current.fail_status, FAIL_STATUSES),
         retry_after_s=_optional_int(payload, "retry_after_s", current.retry_after_s, None),
+        shaky_share=_share(payload, "shaky_share", current.shaky_share),
     )
 
 
@@ -72,6 +75,13 @@ def _optional_int(
     if allowed is not None and value not in allowed:
         raise ApiError(f"'{key}' must be one of {sorted(allowed)} or null", param=key)
     return value
+
+
+def _share(payload: Mapping[str, object], key: str, current: float) -> float:
+    value = payload.get(key, current)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ApiError(f"'{key}' must be a number from 0 to 1", code="invalid_type", param=key)
+    return float(value)
 
 
 def _flag(payload: Mapping[str, object], key: str, current: bool) -> bool:

@@ -27,7 +27,7 @@ from typing import Protocol
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from sidecar.simulator.answer import Answer, compose_answer, count_tokens, is_weak
+from sidecar.simulator.answer import Answer, compose_answer, count_tokens, is_shaky, is_weak
 from sidecar.simulator.config import SimulatorConfig, compile_weak_patterns
 from sidecar.simulator.control import Behaviour, check_failure, check_model, updated
 from sidecar.simulator.errors import ApiError, SimulatorConfigError
@@ -59,6 +59,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _RECENT_REQUESTS = 100
+# What kind of answer a non-streamed completion is (confident, shaky or weak): tests and
+# benchmarks compare a cascade's escalations with what the model knew. Like x-sim-name,
+# a simulator's header; no real provider sends it.
+ANSWER_HEADER = "x-sim-answer"
 # Streams wake at most this often and send every token that fell due since: real servers
 # batch tokens too, and a wake-up per token would swamp a small machine under load.
 _MIN_CHUNK_INTERVAL_S = 0.02
@@ -128,7 +132,9 @@ class SimulatorState:
         self.created = int(time.time())
         self._seq = 0
         self.behaviour = Behaviour(
-            check_model=config.check_model, accept_models=config.accept_models
+            check_model=config.check_model,
+            accept_models=config.accept_models,
+            shaky_share=config.shaky_share,
         )
         # Set while answering; cleared while stalled, so waiters hang until released.
         self._completions_flow = asyncio.Event()
@@ -249,6 +255,11 @@ def due_tokens(elapsed_s: float, tokens_per_s: float, total: int, sent: int) -> 
     return min(total, max(sent + 1, generated))
 
 
+def answer_kind(answer: Answer) -> str:
+    """`weak`, `shaky` or `confident`: what ANSWER_HEADER says of an answer."""
+    return "weak" if answer.weak else "shaky" if answer.shaky else "confident"
+
+
 def answer_request(state: SimulatorState, request: SimRequest) -> tuple[Answer, Usage]:
     """The answer and usage the simulated model gives to a validated request."""
     config = state.config
@@ -260,6 +271,7 @@ def answer_request(state: SimulatorState, request: SimRequest) -> tuple[Answer, 
         seed=config.seed,
         max_tokens=request.max_tokens or config.default_max_tokens,
         top_k=request.top_logprobs if request.logprobs else 0,
+        shaky=is_shaky(request.prompt, config.seed, state.behaviour.shaky_share),
     )
     return answer, Usage(count_tokens(request.prompt), len(answer.tokens))
 
@@ -302,7 +314,9 @@ async def _complete(request: web.Request, endpoint: Endpoint) -> web.StreamRespo
             state.counters.generation_tokens += usage.completion_tokens
             state.counters.successes[answer.finish_reason] += 1
             return web.Response(
-                body=render_body(meta, sim_request, answer, usage), content_type="application/json"
+                body=render_body(meta, sim_request, answer, usage),
+                content_type="application/json",
+                headers={ANSWER_HEADER: answer_kind(answer)},
             )
     except QueueFullError:
         state.counters.rejected += 1

@@ -19,7 +19,7 @@ import pytest
 
 from sidecar.cli import simulate
 from sidecar.errors import ConfigError
-from sidecar.simulator.answer import compose_answer, count_tokens, split_tokens
+from sidecar.simulator.answer import compose_answer, count_tokens, is_shaky, split_tokens
 from sidecar.simulator.config import SimulatorConfig
 from sidecar.simulator.errors import ApiError, SimulatorConfigError
 from sidecar.simulator.load import AdmissionGate, QueueFullError
@@ -250,6 +250,43 @@ async def test_chat_logprobs_have_openai_shape(make_sim: SimFactory) -> None:
     assert [logprobs["content"][0]["token"] for logprobs in streamed] == [
         item["token"] for item in content
     ]
+
+
+def test_a_fixed_share_of_prompts_is_answered_shakily_with_lower_logprobs() -> None:
+    prompts = [f"Question number {i}: how do I sort a list?" for i in range(400)]
+    shaky = [p for p in prompts if is_shaky(p, seed=0, share=0.3)]
+    assert 0.25 < len(shaky) / len(prompts) < 0.35
+    assert shaky == [p for p in prompts if is_shaky(p, seed=0, share=0.3)]  # fixed per prompt
+    assert not any(is_shaky(p, seed=0, share=0.0) for p in prompts)
+    assert all(is_shaky(p, seed=0, share=1.0) for p in prompts)
+
+    def mean_logprob(prompt: str, shaky: bool) -> float:
+        answer = compose_answer(
+            prompt, prompt, style="lorem", weak=False, seed=0, max_tokens=60, top_k=0, shaky=shaky
+        )
+        assert answer.shaky is shaky and not answer.weak
+        return sum(token.logprob for token in answer.tokens) / len(answer.tokens)
+
+    confident = [mean_logprob(p, False) for p in prompts[:50]]
+    unsure = [mean_logprob(p, True) for p in prompts[:50]]
+    assert max(unsure) < min(confident)  # over 60 tokens the means separate
+    assert -0.15 < sum(confident) / 50 < -0.03 and -1.2 < sum(unsure) / 50 < -0.6
+
+
+async def test_shaky_share_is_a_setting_and_a_control_and_the_answer_says_which(
+    make_sim: SimFactory,
+) -> None:
+    sim = await make_sim(shaky_share=1.0)
+    async with await sim.post("/v1/chat/completions", chat("Name a colour")) as reply:
+        assert reply.headers["x-sim-answer"] == "shaky"
+    async with sim.session.put(sim.base + "/sim/control", json={"shaky_share": 0}) as reply:
+        assert reply.status == 200 and (await reply.json())["shaky_share"] == 0
+    async with await sim.post("/v1/chat/completions", chat("Name a colour")) as reply:
+        assert reply.headers["x-sim-answer"] == "confident"
+    async with sim.session.put(sim.base + "/sim/control", json={"shaky_share": 2}) as reply:
+        assert reply.status == 400 and "shaky_share" in (await reply.text())
+    with pytest.raises(SimulatorConfigError, match="shaky_share"):
+        SimulatorConfig(name="s", model="m", shaky_share=-0.1)
 
 
 async def test_text_completion_logprobs_have_legacy_shape(make_sim: SimFactory) -> None:

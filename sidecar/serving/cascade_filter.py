@@ -1,0 +1,114 @@
+"""The answer-holding ext_proc filter: Envoy's messages in, the cascade's verdict out.
+
+Envoy's second ext_proc filter (`inference_router.cascade`) is off for every request but
+those on the cascade route, where its per-route config asks for the response headers and
+the buffered response body. One gRPC stream carries one answer: the headers (we note the
+status and reply CONTINUE), then the whole body, which `Cascade.check` judges. A
+confident answer goes back untouched but for `x-router-cascade`; a shaky one first gets
+Envoy to wait longer for us (`override_message_timeout`, up to the filter's
+max_message_timeout), then is replaced by the next tier's answer: status, headers, body.
+Nothing here decides anything; it only translates (sidecar/serving/cascade.py decides).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
+
+from sidecar.serving.cascade import Cascade, Reply
+
+log = logging.getLogger(__name__)
+
+Stream = grpc.aio.ServicerContext[ext.ProcessingRequest, ext.ProcessingResponse]
+
+# The gRPC metadata the cascade filter's streams carry (envoy/*.yaml initial_metadata).
+FILTER_METADATA = "x-router-filter"
+CASCADE_FILTER = "cascade"
+
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_CONTINUE = ext.ProcessingResponse(response_headers=ext.HeadersResponse())
+_TRAILERS = ext.ProcessingResponse(response_trailers=ext.TrailersResponse())
+_EMPTY_BODY = ext.ProcessingResponse(response_body=ext.BodyResponse())
+# Escalations take as long as the next model does; Envoy allows up to the filter's
+# max_message_timeout, which must be above the cascade's budget_s (checked at start).
+_MARGIN_S = 1.0
+
+
+def _flatten(header_map: base_pb2.HeaderMap) -> dict[str, str]:
+    return {
+        h.key.lower(): h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+        for h in header_map.headers
+    }
+
+
+def reply_response(reply: Reply) -> ext.ProcessingResponse:
+    """The body-phase answer that applies a cascade's reply to the held answer."""
+    common = ext.CommonResponse()
+    sets = list(reply.set_headers)
+    if reply.status is not None:
+        sets.append((":status", str(reply.status)))
+    common.header_mutation.set_headers.extend(
+        base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=name, raw_value=value.encode()),
+            append_action=_OVERWRITE,
+        )
+        for name, value in sets
+    )
+    common.header_mutation.remove_headers.extend(reply.remove_headers)
+    if reply.body is not None:
+        common.body_mutation.body = reply.body
+    return ext.ProcessingResponse(response_body=ext.BodyResponse(response=common))
+
+
+def wait_longer(seconds: float) -> ext.ProcessingResponse:
+    """Ask Envoy to wait `seconds` for our answer to the message it is waiting on."""
+    extension = ext.ProcessingResponse()
+    extension.override_message_timeout.FromNanoseconds(int(seconds * 1e9))
+    return extension
+
+
+class CascadeFilter:
+    """Serves the cascade filter's ext_proc streams."""
+
+    def __init__(self, cascade: Cascade, max_message_timeout_s: float) -> None:
+        self._cascade = cascade
+        self._max_wait_s = max_message_timeout_s
+
+    async def serve(self, context: Stream) -> None:
+        """One held answer's messages: headers, then the buffered body."""
+        status, headers = 0, {}
+        while (message := await context.read()) is not grpc.aio.EOF:
+            phase = message.WhichOneof("request")
+            if phase == "response_headers":
+                headers = _flatten(message.response_headers.headers)
+                status = int(headers.get(":status", "0") or 0)
+                await context.write(_CONTINUE)
+            elif phase == "response_body":
+                await self._judge(context, status, headers, message.response_body.body)
+            elif phase == "response_trailers":
+                await context.write(
+                    ext.ProcessingResponse(response_trailers=ext.TrailersResponse())
+                )
+            else:  # not sent by the shipped config; answer so Envoy does not wait
+                await context.write(ext.ProcessingResponse(response_body=ext.BodyResponse()))
+
+    async def _judge(
+        self, context: Stream, status: int, headers: dict[str, str], body: bytes
+    ) -> None:
+        try:
+            check = await self._cascade.check(status, headers, body)
+            if check.escalation is None:
+                await context.write(reply_response(check.reply or Reply()))
+                return
+            wait = min(self._max_wait_s, check.escalation.seconds_left + _MARGIN_S)
+            await context.write(wait_longer(wait))
+            reply = await self._cascade.escalate(check.escalation)
+        except Exception:
+            # A bug must not cost the client its answer: return it as it is.
+            log.exception("cascade: judging an answer failed; returning it unchanged")
+            self._cascade.stats.count("error")
+            reply = Reply()
+        await context.write(reply_response(reply))
