@@ -70,7 +70,11 @@ SIM_TOKENS_PER_S = 1000
 SIM_SLOTS = 64
 DIRECT_CLUSTER = "sim-mid-a"
 SEED = 11
-ROUTER_FILTERS = ("envoy.filters.http.ext_proc", "envoy.filters.http.lua")
+ROUTER_FILTERS = (
+    "envoy.filters.http.ext_proc",
+    "envoy.filters.http.lua",
+    "inference_router.cascade",
+)
 
 
 @dataclass(frozen=True)
