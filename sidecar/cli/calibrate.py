@@ -34,7 +34,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--calibration", type=Path, help="explicit calibration rows (default: leave-one-out)"
     )
     target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--target-oos-recall", type=float, help="out-of-scope recall to reach")
+    target.add_argument(
+        "--target-oos-recall",
+        type=float,
+        help="out-of-scope recall to reach (without out-of-scope exemplars: thresholds off)",
+    )
     target.add_argument("--target-strong-share", type=float, help="share of strong calls")
     parser.add_argument("--confidence", type=float, default=0.95, help="Wilson bound level")
     parser.add_argument(
@@ -148,13 +152,19 @@ def run(args: argparse.Namespace) -> int:
     )
     write_classifier_settings(args.settings, {**overrides, **stages.settings()})
     choice = stages.thresholds
-    print(
-        f"threshold {choice.threshold:.4f} ({len(choice.route_thresholds)} routes adjusted) on "
-        f"{choice.n_in_scope} in-scope / {choice.n_out_of_scope} out-of-scope prompts: "
-        f"accuracy {choice.accuracy:.4f}, out-of-scope recall {choice.oos_recall:.4f} "
-        f"(required {choice.required_recall:.4f} for {args.target_oos_recall} at "
-        f"confidence {args.confidence})"
-    )
+    if choice.n_out_of_scope == 0:
+        print(
+            f"no out-of-scope prompts among {choice.n_in_scope}: similarity thresholds off, "
+            f"accuracy {choice.accuracy:.4f}"
+        )
+    else:
+        print(
+            f"threshold {choice.threshold:.4f} ({len(choice.route_thresholds)} routes adjusted) "
+            f"on {choice.n_in_scope} in-scope / {choice.n_out_of_scope} out-of-scope prompts: "
+            f"accuracy {choice.accuracy:.4f}, out-of-scope recall {choice.oos_recall:.4f} "
+            f"(required {choice.required_recall:.4f} for {args.target_oos_recall} at "
+            f"confidence {args.confidence})"
+        )
     head = "no head" if stages.head_accuracy is None else f"head {stages.head_accuracy:.4f}"
     print(
         f"decider {stages.decider} (kNN {stages.knn_accuracy:.4f}, {head}), "

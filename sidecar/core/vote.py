@@ -106,8 +106,9 @@ class VoteConfig:
     # neighbours, output lengths and the similarity check); `calibrate` picks one.
     decider: Decider = "knn"
     head_threshold: float = 0.0  # stage-2 head: minimum probability of the winner
-    # Stage 1 decides alone at this top probability (None: only under overload).
-    stage1_gate: float | None = 0.8
+    # Stage 1 decides alone at this top probability (None: only under overload). 0.65 is
+    # what `calibrate` picks on the shipped exemplars' cross-validation (docs/EVALUATION.md).
+    stage1_gate: float | None = 0.65
     stage1_threshold: float = 0.0  # stage 1: minimum probability of the winner
 
     def __post_init__(self) -> None:

@@ -3,12 +3,13 @@
 Theory. Stage 1 embeds a prompt with static token vectors and asks the index's stage-1
 head (tens of microseconds, no model call). When its top probability reaches
 `stage1_gate` the prompt is decided there; out-of-fold on CLINC150 those prompts are
-right far more often than the average (calibrate chooses the gate so that the two stages
-together lose no accuracy against stage 2 alone). Otherwise stage 2 runs the sentence
-encoder, searches the kNN index (neighbours explain the decision and predict the output
-length) and decides by the kNN vote or by the stage-2 head, as `decider` says. When the
-encoder is overloaded, stage 1 decides every prompt it can instead of the policy's
-default route; such verdicts are marked `overloaded`.
+right far more often than the average (calibrate chooses the lowest gate at which the
+two stages together lose no accuracy against stage 2 alone or against any other gate).
+Otherwise stage 2 runs the sentence encoder, searches the kNN index (neighbours explain
+the decision and predict the output length) and decides by the kNN vote or by the
+stage-2 head, as `decider` says. When the encoder is overloaded, stage 1 decides every
+prompt it can instead of the policy's default route; such verdicts are marked
+`overloaded`.
 
 Both the sidecar (`sidecar.semantic.classifier`) and `inference-router eval` go through
 these functions, so what eval measures is what the sidecar does.

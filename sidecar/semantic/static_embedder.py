@@ -20,6 +20,12 @@ Frequencies counted on exemplars were worse: they also down-weight each route's 
 keywords (docs/EVALUATION.md has the numbers). The weights are kept beside the vectors,
 not folded into them, so the table is the plain distillation.
 
+A mean forgets how long the prompt was, and length says something about how hard a
+request is: the stage-1 row ends with one more number, `LENGTH_SCALE * log(1 + tokens)`.
+On the shipped small/mid/frontier exemplars it lifts the stage-1 head's cross-validated
+accuracy from 0.856 to 0.886 (log loss 0.375 -> 0.300); on CLINC150's intents it changes
+nothing measurable. So a stage-1 row is `dims + 1` wide: a unit vector, then the length.
+
 The table is built once into the data directory (like the ONNX model) and written
 atomically. Its `fingerprint` names everything that decides it (the table format and
 method, the teacher's fingerprint, which covers model and tokenizer bytes, the width,
@@ -34,6 +40,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,6 +63,9 @@ TABLE_FORMAT = 1
 DEFAULT_DIMS = 256  # 128 lost 2 points of CLINC150 accuracy; 384 (no reduction) gained none
 DEFAULT_SIF = 1e-4  # model2vec's coefficient for Zipf-rank frequencies
 DISTILL_BATCH = 1024
+# The length column's scale beside a unit vector; shipped-exemplar CV accuracy of the
+# stage-1 head at 0.1 / 0.2 / 0.4: 0.866 / 0.886 / 0.885 (0.856 without the column).
+LENGTH_SCALE = 0.2
 
 
 @runtime_checkable
@@ -106,7 +116,7 @@ class StaticTable:
             self.source.encode(),
             f"tokens=[frame]t[frame];pca=centred;dims={self.dims};vocab={self.vocab_size};"
             f"quant=int8-row;sif={self.sif!r};weights=zipf-rank;pooling=weighted-mean;"
-            "normalise=l2".encode(),
+            f"normalise=l2;length=log1p*{LENGTH_SCALE!r}".encode(),
         ):
             digest.update(len(part).to_bytes(8, "big") + part)
         return f"static:{digest.hexdigest()}"
@@ -219,7 +229,7 @@ def load_table(path: Path, *, expected_source: str | None = None) -> StaticTable
 
 
 class StaticEmbedder:
-    """Stage-1 embeddings: tokenize, look up, weighted mean, normalise. No model call."""
+    """Stage-1 rows: tokenize, look up, weighted mean, normalise, then the length. No model call."""
 
     def __init__(self, table: StaticTable, tokenizer_path: Path, *, max_tokens: int = 128) -> None:
         self._tokenizer = _plain_tokenizer(tokenizer_path, max_tokens=max_tokens)
@@ -232,11 +242,11 @@ class StaticEmbedder:
         # SIF weight and dequantisation scale fold into one factor per token.
         self._factors = table.weights * table.scales
         self._fingerprint = table.fingerprint
-        self._dim = table.dims
+        self._dim = table.dims + 1
 
     @property
     def dim(self) -> int:
-        """Width of one embedding."""
+        """Width of one row: the table's width plus the length column."""
         return self._dim
 
     @property
@@ -245,12 +255,12 @@ class StaticEmbedder:
         return self._fingerprint
 
     def embed_one(self, text: str) -> npt.NDArray[np.float32]:
-        """One text to an L2-normalised row (a zero row if it has no tokens)."""
+        """One text to a stage-1 row (a zero row if it has no tokens)."""
         ids = self._tokenizer.encode(text, add_special_tokens=False).ids
         return self._pool(np.asarray(ids, dtype=np.int64))
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        """Embed `texts` into shape (len(texts), dim), rows L2-normalised."""
+        """Embed `texts` into shape (len(texts), dim): unit vectors, then the length column."""
         if isinstance(texts, str):
             raise TypeError("embed() takes a sequence of texts, not a single str")
         out = np.zeros((len(texts), self._dim), dtype=np.float32)
@@ -261,11 +271,14 @@ class StaticEmbedder:
         return out
 
     def _pool(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        row = np.zeros(self._dim, dtype=np.float32)
         if len(ids) == 0:
-            return np.zeros(self._dim, dtype=np.float32)
+            return row
         summed = self._factors[ids] @ self._vectors[ids].astype(np.float32)
         norm = float(np.linalg.norm(summed))
-        return summed / norm if norm > 0 else summed
+        row[:-1] = summed / norm if norm > 0 else summed
+        row[-1] = LENGTH_SCALE * math.log1p(len(ids))
+        return row
 
 
 def _plain_tokenizer(path: Path, *, max_tokens: int | None) -> Tokenizer:

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from inference_router.v1 import router_pb2, router_pb2_grpc
+from sidecar.core.vote import VoteConfig
 from sidecar.devstack.stack import LocalStack
 from tests.integration.conftest import start_stack
 
@@ -100,7 +101,8 @@ def test_a_confident_prompt_is_decided_on_stage1_without_the_encoder(
     assert (explanation.stage, explanation.overloaded) == (1, False)
     assert not explanation.neighbours  # no encoder call, so no kNN search either
     assert explanation.route_scores["small"] == pytest.approx(explanation.confidence)
-    assert explanation.confidence >= 0.8  # the default gate
+    gate = VoteConfig().stage1_gate
+    assert gate is not None and explanation.confidence >= gate  # the default gate
     assert explanation.predicted_output_tokens > 0  # the route's mean answer length
     assert _route(semantic_stack, "hi, thanks!").headers["x-router-route"] == "small"
     admin = f"http://127.0.0.1:{semantic_stack.ports.sidecar_admin}/metrics"

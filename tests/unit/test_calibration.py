@@ -25,6 +25,7 @@ from sidecar.evaluation.calibration import (
     choose_stages,
     choose_thresholds,
     required_recall,
+    score_stages,
     thresholds_off,
     write_classifier_settings,
 )
@@ -98,9 +99,15 @@ def test_a_stricter_target_raises_the_threshold() -> None:
     assert strict.threshold == pytest.approx(0.7801)
 
 
-def test_threshold_choice_needs_both_kinds_of_prompt() -> None:
-    with pytest.raises(ConfigError, match="both"):
-        choose_thresholds([p("a", "a", 0.9)], target_recall=0.5)
+def test_threshold_choice_needs_in_scope_prompts_and_keeps_thresholds_off_without_oos() -> None:
+    with pytest.raises(ConfigError, match="in-scope"):
+        choose_thresholds([p(None, None, 0.9)], target_recall=0.5)
+    # Nothing to catch: any threshold would only cost right answers.
+    tiers = choose_thresholds(
+        [p("a", "a", 0.2), p("b", "b", 0.9), p("a", "b", 0.95)], target_recall=0.9
+    )
+    assert (tiers.threshold, tiers.route_thresholds) == (-1.0, {})
+    assert tiers.accuracy == pytest.approx(2 / 3) and tiers.n_out_of_scope == 0
 
 
 def test_need_threshold_hits_the_strong_share() -> None:
@@ -287,3 +294,66 @@ def test_calibrate_command_chooses_the_stages_from_cross_validation(
     assert "stage 1: threshold" in capsys.readouterr().out
     assert isinstance(TokenHashEmbedder(tokenizer).fingerprint, str)
     assert OUT_OF_SCOPE not in section.get("route_thresholds", {})
+
+
+def test_stages_calibrate_on_tiers_without_out_of_scope_prompts() -> None:
+    tiers = [point for point in STAGED if point.gold is not None]
+    choice = choose_stages(tiers, VoteConfig(k=1), target_recall=0.85)
+    assert choice.thresholds.threshold == -1.0 and choice.oos_recall == 1.0
+    assert choice.stage1_threshold == 0.0  # nothing to refuse when stage 1 decides alone
+    # The lowest gate that keeps the head's 8/8: stage 1's sure-and-wrong 0.82 must not pass.
+    assert choice.stage1_gate == 0.85 and choice.accuracy == 1.0
+    assert choice.stage1_share == pytest.approx(4 / 8)
+
+
+def test_scoring_a_setting_decides_as_the_sidecar_does() -> None:
+    choice = choose_stages(STAGED, VoteConfig(k=1), target_recall=1.0, confidence=0.5)
+    config = VoteConfig(k=1, **choice.settings())  # type: ignore[arg-type]
+    score = score_stages(STAGED, config)
+    assert score.stage1_share == pytest.approx(choice.stage1_share)
+    assert (score.accuracy, score.oos_recall) == (choice.accuracy, choice.oos_recall)
+    assert score.stage1_accuracy == 1.0 and score.stage2_accuracy == 1.0
+    ungated = score_stages(STAGED, VoteConfig(k=1, stage1_gate=None))
+    assert ungated.stage1_share == 0.0 and ungated.stage1_accuracy is None
+    assert ungated.stage2_accuracy == pytest.approx(6 / 8)  # the kNN vote, thresholds at 0.25
+    with pytest.raises(ConfigError, match="in-scope"):
+        score_stages([point for point in STAGED if point.gold is None], config)
+
+
+def test_the_gate_keeps_the_encoder_where_it_beats_a_better_stage1() -> None:
+    points = (
+        # Stage 1 is sure and right where the kNN vote is wrong...
+        [staged("a", ("b", 0.9), ("b", 0.9, 0.9), ("a", 0.99)) for _ in range(4)]
+        + [staged("a", ("a", 0.9), ("a", 0.9, 0.9), ("a", 0.9)) for _ in range(2)]
+        # ...and unsure and wrong where the vote is right.
+        + [staged("b", ("b", 0.9), ("b", 0.9, 0.9), ("a", 0.52)) for _ in range(2)]
+    )
+    choice = choose_stages(points, VoteConfig(k=1), target_recall=0.9, decider="knn")
+    # Gate 0.5 already beats stage 2 alone (6/8 against 4/8), but 0.55 keeps all eight.
+    assert choice.knn_accuracy == 0.5
+    assert choice.stage1_gate == 0.55 and choice.accuracy == 1.0
+    assert choice.stage1_share == pytest.approx(6 / 8)
+
+
+def test_calibrate_command_chooses_a_gate_for_tiers_without_out_of_scope_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows: list[dict[str, object]] = []
+    for i in range(21):
+        rows.append({"text": f"hello there {'friend ' * (i % 3)}{i}", "route": "small"})
+        proof = f"prove the theorem {'rigorously ' * (i % 3)}{i}"
+        rows.append({"text": proof, "route": "frontier"})
+    exemplars = write_jsonl(tmp_path / "tiers.jsonl", rows)
+    settings = tmp_path / "settings.yaml"
+    tokenizer = write_word_tokenizer(tmp_path / "tokenizer.json")
+    argv = ["--exemplars", str(exemplars), "--settings", str(settings), "--quiet", "--k", "3"]
+    argv += ["--target-oos-recall", "0.85", "--data-dir", str(tmp_path)]
+    run = run_command_with_fake_teacher(
+        calibrate.configure, calibrate.run, argv, monkeypatch, tokenizer
+    )
+    assert run == 0
+    section = yaml.safe_load(settings.read_text())["classifier"]
+    assert section["threshold"] == -1.0 and section["route_thresholds"] == {}
+    assert section["stage1_threshold"] == 0.0
+    assert 0.5 <= section["stage1_gate"] <= 1.0
+    assert "no out-of-scope prompts among 42" in capsys.readouterr().out

@@ -11,6 +11,7 @@ from tokenizers import Tokenizer
 from sidecar.errors import EmbedderError
 from sidecar.semantic import model_store
 from sidecar.semantic.static_embedder import (
+    LENGTH_SCALE,
     StaticEmbedder,
     StaticTable,
     TokenTeacher,
@@ -65,11 +66,14 @@ def test_a_static_embedding_is_the_weighted_mean_of_token_rows(
     factors = (table.weights * table.scales)[ids, None]
     expected = (factors * table.vectors[ids].astype(np.float32)).sum(axis=0)
     row = static.embed_one("Hello there")
-    assert row == pytest.approx(expected / np.linalg.norm(expected), abs=1e-6)
+    assert static.dim == len(row) == 9  # the table's 8 axes, then the length column
+    assert row[:-1] == pytest.approx(expected / np.linalg.norm(expected), abs=1e-6)
+    assert row[-1] == pytest.approx(LENGTH_SCALE * np.log1p(2))
     batch = static.embed(["Hello there", "", "prove the theorem"])
     assert batch[0] == pytest.approx(row)
     assert not batch[1].any()  # no tokens: a zero row, not NaN
-    assert np.linalg.norm(batch[2]) == pytest.approx(1.0, abs=1e-5)
+    assert np.linalg.norm(batch[2][:-1]) == pytest.approx(1.0, abs=1e-5)
+    assert batch[2][-1] > batch[0][-1]  # three tokens are longer than two
     with pytest.raises(TypeError):
         static.embed("one string")
 
@@ -78,7 +82,7 @@ def test_stage1_neighbours_agree_with_the_teacher(teacher: TokenHashEmbedder) ->
     static = StaticEmbedder(distill_table(teacher), teacher.tokenizer_path)
     texts = ["hello there friend", "prove the lemma rigorously", "write code in rust"]
     queries = ["hi there friend", "formal proof of the lemma", "fix code in python"]
-    sims = static.embed(queries) @ static.embed(texts).T
+    sims = static.embed(queries)[:, :-1] @ static.embed(texts)[:, :-1].T  # cosines
     assert (sims.argmax(axis=1) == [0, 1, 2]).all()
 
 
