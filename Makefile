@@ -27,7 +27,8 @@ lint: install
 # policies: the routing policies against baselines under a bursty load (~2.5 min,
 # bench-results/policies.json and .png); output_length: the length predictor on GSM8K;
 # tracing_cost: a decision with tracing off and on (100 % sampled), side by side;
-# side_by_side: what each hop adds to one simulator, beside LiteLLM's proxy (~1.5 min).
+# side_by_side: what each hop adds to one simulator, beside LiteLLM's proxy (~1.5 min);
+# cascade_quality: the cascade's answer evaluator on GSM8K, AUC and cost/quality (~1 min).
 bench: install litellm
 	@command -v hey >/dev/null || apt-get install -y -q hey >/dev/null 2>&1 || \
 		echo "hey is not installed: the end-to-end benchmark will be skipped"
@@ -37,6 +38,7 @@ bench: install litellm
 	$(PY) -m benchmarks.tracing_cost
 	$(PY) -m benchmarks.soak
 	$(PY) -m benchmarks.side_by_side
+	$(PY) -m benchmarks.cascade_quality
 
 # LiteLLM's proxy for the side-by-side benchmark, in a venv of its own: its pins must not
 # meet ours. Installed once (a no-op when present); without PyPI its rows are skipped.

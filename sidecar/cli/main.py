@@ -21,6 +21,7 @@ from typing import Protocol
 from sidecar import __version__
 from sidecar.cli import (
     calibrate,
+    cascade_train,
     check,
     decide,
     envoy_tracing,
@@ -57,6 +58,7 @@ COMMANDS: tuple[tuple[tuple[str, ...], Command], ...] = (
     (("index", "build"), index_build),
     (("eval",), evaluate),
     (("calibrate",), calibrate),
+    (("cascade", "train"), cascade_train),
     (("envoy", "tracing"), envoy_tracing),
 )
 

@@ -1,0 +1,1 @@
+"""Model cascading: the answer evaluator that decides whether a cheap answer ships."""
