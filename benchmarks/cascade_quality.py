@@ -42,7 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sidecar.cascade.answer_text import FEATURE_NAMES, read_answer
-from sidecar.cascade.evaluator import AnswerEvaluator, EvaluatorConfig
+from sidecar.cascade.evaluator import AnswerEvaluator
 from sidecar.cascade.scorer import (
     embedding_text,
     roc_auc,
@@ -50,6 +50,7 @@ from sidecar.cascade.scorer import (
     train_scorer,
 )
 from sidecar.config.files import read_jsonl
+from sidecar.core.cascade import EvaluatorConfig
 from sidecar.core.vote import Neighbour, TwoModel, VoteConfig, vote
 from sidecar.evaluation.datasets import (
     STRONG,

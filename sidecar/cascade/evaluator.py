@@ -40,12 +40,12 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
 from sidecar.cascade.scorer import LearnedScorer
+from sidecar.core.cascade import EvaluatorConfig
 
 _JSON_FORMATS = ("json_object", "json_schema")
 _REFUSAL = re.compile(
@@ -60,40 +60,6 @@ _REFUSAL = re.compile(
 _REFUSAL_FINISH = "content_filter"
 _TYPOGRAPHIC_APOSTROPHE = "\u2019"
 LOGPROB_FLOOR = -1000.0  # p = e^-1000 is zero; clipping keeps sums of junk values finite
-
-
-@dataclass(frozen=True)
-class EvaluatorConfig:
-    """How the signals are weighed; the sidecar's `cascade:` settings map onto this.
-
-    Like the core's settings dataclasses, it can be validated by the settings loader
-    (`sidecar.config.validation.validate`): unknown keys are refused, and a ValueError
-    worded "field: problem" names the key.
-    """
-
-    __pydantic_config__: ClassVar[dict[str, str]] = {"extra": "forbid"}
-
-    threshold: float = 0.5
-    logprob_mean_floor: float = 0.6
-    logprob_mean_ceiling: float = 0.95
-    logprob_min_floor: float = -9.0
-    logprob_min_ceiling: float = -4.6
-    refusal_max_chars: int = 600
-    truncated_is_failure: bool = True
-    no_signal_confidence: float = 1.0
-
-    def __post_init__(self) -> None:
-        for name in ("threshold", "no_signal_confidence"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name}: {getattr(self, name)} is not in [0, 1]")
-        if not 0.0 <= self.logprob_mean_floor < self.logprob_mean_ceiling <= 1.0:
-            raise ValueError(
-                "logprob_mean_floor: need 0 <= logprob_mean_floor < logprob_mean_ceiling <= 1"
-            )
-        if not self.logprob_min_floor < self.logprob_min_ceiling <= 0.0:
-            raise ValueError("logprob_min_floor: need logprob_min_floor < logprob_min_ceiling <= 0")
-        if self.refusal_max_chars < 0:
-            raise ValueError(f"refusal_max_chars: {self.refusal_max_chars} is negative")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from sidecar.config.files import read_yaml_mapping
 from sidecar.config.validation import validate
+from sidecar.core.cascade import EvaluatorConfig
 from sidecar.core.decision import RouteTarget, RoutingTable
 from sidecar.core.policy import Policy
 from sidecar.core.vote import VoteConfig
@@ -203,8 +204,11 @@ class CascadeSettings(_Strict):
     # From the first decision to the answer returned; below the cascade filter's
     # max_message_timeout in the Envoy YAML (checked at start).
     budget_s: float = Field(default=30.0, gt=0, le=600)
-    # An answer whose confidence is below this is escalated.
-    threshold: float = Field(default=0.5, ge=0, le=1)
+    # How answers are judged, and the confidence under which one is escalated.
+    evaluator: EvaluatorConfig = Field(default_factory=EvaluatorConfig)
+    # A learned scorer (`inference-router cascade train -o FILE`); null: the answer's own
+    # signals only (failures, logprobs). Set evaluator.threshold to what training printed.
+    scorer: Path | None = None
     # Where escalations are sent; null: the Envoy YAML's openai_api listener.
     envoy_url: str | None = None
     # Ask providers that can (catalogue `logprobs: true`) for token logprobs the client

@@ -17,6 +17,7 @@ attempt number, and gets back the tier to try next if the answer is shaky, or wh
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from sidecar.core.decision import Decision, RoutingTable
 from sidecar.core.policy import Intent, Policy
@@ -30,6 +31,40 @@ class CascadeRules:
     policies: frozenset[Policy] = frozenset({Policy.COST})
     max_attempts: int = 2  # models tried for one request, the first included
     budget_s: float = 30.0  # from the first decision to the answer returned
+
+
+@dataclass(frozen=True)
+class EvaluatorConfig:
+    """How the signals are weighed; the sidecar's `cascade:` settings map onto this.
+
+    Like the core's settings dataclasses, it can be validated by the settings loader
+    (`sidecar.config.validation.validate`): unknown keys are refused, and a ValueError
+    worded "field: problem" names the key.
+    """
+
+    __pydantic_config__: ClassVar[dict[str, str]] = {"extra": "forbid"}
+
+    threshold: float = 0.5
+    logprob_mean_floor: float = 0.6
+    logprob_mean_ceiling: float = 0.95
+    logprob_min_floor: float = -9.0
+    logprob_min_ceiling: float = -4.6
+    refusal_max_chars: int = 600
+    truncated_is_failure: bool = True
+    no_signal_confidence: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "no_signal_confidence"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}: {getattr(self, name)} is not in [0, 1]")
+        if not 0.0 <= self.logprob_mean_floor < self.logprob_mean_ceiling <= 1.0:
+            raise ValueError(
+                "logprob_mean_floor: need 0 <= logprob_mean_floor < logprob_mean_ceiling <= 1"
+            )
+        if not self.logprob_min_floor < self.logprob_min_ceiling <= 0.0:
+            raise ValueError("logprob_min_floor: need logprob_min_floor < logprob_min_ceiling <= 0")
+        if self.refusal_max_chars < 0:
+            raise ValueError(f"refusal_max_chars: {self.refusal_max_chars} is negative")
 
 
 @dataclass(frozen=True)

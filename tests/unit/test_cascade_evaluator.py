@@ -13,9 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sidecar.cascade.answer_text import read_answer
-from sidecar.cascade.evaluator import AnswerEvaluator, EvaluatorConfig, prompt_text
+from sidecar.cascade.evaluator import AnswerEvaluator, prompt_text
 from sidecar.cascade.scorer import LearnedScorer, train_scorer
 from sidecar.config.validation import validate
+from sidecar.core.cascade import EvaluatorConfig
 from sidecar.errors import ConfigError
 
 CHAT_REQUEST: dict[str, object] = {"messages": [{"role": "user", "content": "What is 6 * 7?"}]}
