@@ -40,10 +40,10 @@ class LoadResult:
         }
 
 
-async def _one(stub: ext_grpc.ExternalProcessorStub, prompt: str) -> float:
+async def _one(stub: ext_grpc.ExternalProcessorStub, prompt: str, model: str) -> float:
     """Seconds from sending the request headers until the stream with the decision ends."""
     started = time.perf_counter()
-    replies = await exchange(stub, chat_request(prompt))
+    replies = await exchange(stub, chat_request(prompt, model=model))
     elapsed = time.perf_counter() - started
     for reply in replies:
         if reply.HasField("immediate_response"):
@@ -54,13 +54,20 @@ async def _one(stub: ext_grpc.ExternalProcessorStub, prompt: str) -> float:
 
 
 async def drive(
-    target: str, prompts: Sequence[str], concurrency: int, rate: float | None = None
+    target: str,
+    prompts: Sequence[str],
+    concurrency: int,
+    rate: float | None = None,
+    *,
+    model: str = "auto",
+    seconds: float | None = None,
 ) -> LoadResult:
     """Send every prompt once, `concurrency` streams at a time, optionally paced at `rate`/s.
 
     Unpaced, each stream sends its next prompt as soon as the last is answered (a closed
     loop: the offered load is whatever the sidecar can take). Paced, prompt i is sent at
-    start + i/rate (an open loop: a fixed offered load, as real traffic arrives).
+    start + i/rate (an open loop: a fixed offered load, as real traffic arrives). With
+    `seconds`, no prompt is sent after that long (the ones in flight still count).
     """
     latencies: list[float] = []
     failures = 0
@@ -74,13 +81,15 @@ async def drive(
         async def worker() -> None:
             nonlocal failures
             while not queue.empty():
+                if seconds is not None and time.perf_counter() - started >= seconds:
+                    return
                 position, prompt = queue.get_nowait()
                 if rate is not None:
                     delay = started + position / rate - time.perf_counter()
                     if delay > 0:
                         await asyncio.sleep(delay)
                 try:
-                    latencies.append(await _one(stub, prompt))
+                    latencies.append(await _one(stub, prompt, model))
                 except (grpc.RpcError, RuntimeError):
                     failures += 1
 

@@ -4,6 +4,13 @@ Starts real sidecar processes on loopback ports chosen now (semantic routing on,
 `--no-semantic` baseline), drives them over gRPC the way Envoy does, and prints medians
 and p99s. Results also go to bench-results/latest.json. Numbers depend on the machine:
 quote them with the machine they came from.
+
+Every phase also records the sidecar's CPU seconds per 1,000 decisions (its user + system
+time from /proc, all threads, so the encoder's too), the one figure that does not depend
+on how busy the rest of the machine was. The default sidecar and the `--no-semantic` one
+are also driven at 1, 8, 32 and 128 streams with ~30-token and ~500-token prompts (the
+matrix): each cell is bounded by CELL_DECISIONS and CELL_SECONDS, so the matrix costs at
+most ~1.5 min per sidecar.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import envoy_e2e, quality
@@ -48,6 +56,15 @@ ENDS = ["keeps failing after the latest update on Monday", "could be made faster
         "compares with the usual approach people take"]  # fmt: skip
 
 
+# The matrix: streams x prompt length, for these sidecars; each cell bounded in count and time.
+MATRIX_VARIANTS = ("semantic", "no_semantic")
+MATRIX_STREAMS = (1, 8, 32, 128)
+CELL_DECISIONS = 2000
+CELL_SECONDS = 5.0
+# A model the shipped catalogue serves: the client names it, so nothing is classified.
+EXPLICIT_MODEL = "llama-3.3-70b-instruct"
+LONG_PROMPT_SENTENCES = 24  # ~2,000 characters, ~500 tokens
+
 # (name, extra `serve` arguments); the defaults are measured beside their alternatives.
 VARIANTS: tuple[tuple[str, list[str]], ...] = (
     ("semantic", []),
@@ -67,6 +84,19 @@ def prompts(count: int, seed: int) -> list[str]:
     ]
 
 
+def long_prompts(count: int, seed: int) -> list[str]:
+    """Distinct ~500-token prompts; the counter at both ends, where the routing text looks."""
+    rng = random.Random(seed)
+    texts = []
+    for i in range(count):
+        sentences = (
+            f"{rng.choice(ASKS)} {rng.choice(SUBJECTS)} {rng.choice(ENDS)}."
+            for _ in range(LONG_PROMPT_SENTENCES)
+        )
+        texts.append(f"(case {i}) {' '.join(sentences)} (case {i})")
+    return texts
+
+
 def classifier_counts(admin: str) -> Counter[str]:
     """Decisions so far by what the classifier did (routed, stage1_routed, shed, unused...)."""
     samples = scrape(f"http://{admin}/metrics")
@@ -74,12 +104,19 @@ def classifier_counts(admin: str) -> Counter[str]:
     return Counter({label: int(value) for label, value in counts.items()})
 
 
-def resident_mib(pid: int) -> float:
-    """Resident memory of a process, from /proc (Linux)."""
+def resident_mib(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of a process (`VmHWM`: its peak), from /proc (Linux)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    raise RuntimeError(f"no {field} for process {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, all its threads (Linux /proc)."""
+    # The fields after the command name, which may hold spaces: utime and stime are 14, 15.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_sidecar(extra: list[str], workdir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
@@ -98,13 +135,33 @@ def start_sidecar(extra: list[str], workdir: Path) -> tuple[subprocess.Popen[byt
     return process, target, admin
 
 
+@dataclass(frozen=True)
+class Subject:
+    """A running sidecar under test: its process, gRPC target and admin address."""
+
+    pid: int
+    target: str
+    admin: str
+
+
 def _phase(
-    target: str, admin: str, texts: list[str], streams: int, rate: float | None = None
+    sidecar: Subject,
+    texts: list[str],
+    streams: int,
+    rate: float | None = None,
+    *,
+    model: str = "auto",
+    seconds: float | None = None,
 ) -> dict[str, float]:
-    before = classifier_counts(admin)
-    result: LoadResult = asyncio.run(drive(target, texts, streams, rate))
-    after = classifier_counts(admin)
+    before = classifier_counts(sidecar.admin)
+    cpu_before = cpu_seconds(sidecar.pid)
+    result: LoadResult = asyncio.run(
+        drive(sidecar.target, texts, streams, rate, model=model, seconds=seconds)
+    )
+    cpu = cpu_seconds(sidecar.pid) - cpu_before
+    after = classifier_counts(sidecar.admin)
     summary = result.summary()
+    summary["cpu_s_per_1k"] = 1000 * cpu / max(len(result.latencies), 1)
     done = sum(after.values()) - sum(before.values())
 
     def share(*labels: str) -> float:
@@ -120,18 +177,40 @@ def _phase(
     return summary
 
 
-def measure(
-    target: str, admin: str, seed: int, sequential: int, concurrent: int
-) -> dict[str, object]:
+def measure(sidecar: Subject, seed: int, sequential: int, concurrent: int) -> dict[str, object]:
     """Warm up, then one-at-a-time, 32 streams, and exact repeats."""
-    asyncio.run(drive(target, prompts(64, seed + 99), 4))
+    asyncio.run(drive(sidecar.target, prompts(64, seed + 99), 4))
     return {
-        "sequential": _phase(target, admin, prompts(sequential, seed), 1),
-        "concurrent_32": _phase(target, admin, prompts(concurrent, seed + 1), 32),
-        "open_60/s": _phase(target, admin, prompts(600, seed + 2), 32, rate=60),
-        "open_120/s": _phase(target, admin, prompts(1200, seed + 3), 32, rate=120),
-        "cached_repeat": _phase(target, admin, ["hello there, how are you?"] * sequential, 1),
+        "sequential": _phase(sidecar, prompts(sequential, seed), 1),
+        "concurrent_32": _phase(sidecar, prompts(concurrent, seed + 1), 32),
+        "open_60/s": _phase(sidecar, prompts(600, seed + 2), 32, rate=60),
+        "open_120/s": _phase(sidecar, prompts(1200, seed + 3), 32, rate=120),
+        "cached_repeat": _phase(sidecar, ["hello there, how are you?"] * sequential, 1),
     }
+
+
+def matrix(sidecar: Subject, seed: int) -> dict[str, dict[str, dict[str, float]]]:
+    """Each stream count with ~30- and ~500-token prompts (`auto`), and an explicit model."""
+    asyncio.run(drive(sidecar.target, long_prompts(32, seed + 98), 4))
+    cells: dict[str, dict[str, dict[str, float]]] = {}
+    for name, make in (("prompt_30_tokens", prompts), ("prompt_500_tokens", long_prompts)):
+        cells[name] = {
+            str(streams): _phase(
+                sidecar, make(CELL_DECISIONS, seed + streams), streams, seconds=CELL_SECONDS
+            )
+            for streams in MATRIX_STREAMS
+        }
+    cells["explicit_model"] = {
+        str(streams): _phase(
+            sidecar,
+            prompts(CELL_DECISIONS, seed + 7 * streams),
+            streams,
+            model=EXPLICIT_MODEL,
+            seconds=CELL_SECONDS,
+        )
+        for streams in (1, 32)
+    }
+    return cells
 
 
 def main() -> int:
@@ -160,9 +239,13 @@ def main() -> int:
         for name, extra in VARIANTS:
             extra = [configs[a].as_posix() if a in configs else a for a in extra]
             process, target, admin = start_sidecar(extra, Path(tmp))
+            sidecar = Subject(process.pid, target, admin)
             try:
-                section = measure(target, admin, 7, args.sequential, args.concurrent)
+                section = measure(sidecar, 7, args.sequential, args.concurrent)
+                if name in MATRIX_VARIANTS:
+                    section["matrix"] = matrix(sidecar, 17)
                 section["rss_mib"] = resident_mib(process.pid)
+                section["peak_rss_mib"] = resident_mib(process.pid, "VmHWM")
                 results[name] = section
             finally:
                 process.terminate()
@@ -172,24 +255,38 @@ def main() -> int:
         results["quality"] = quality.run()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
+    print_tables(results)
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+def _row(name: str, load: str, row: dict[str, float]) -> str:
+    return (
+        f"{name:<14} {load:<22} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "
+        f"{row['decisions_per_s']:>8.0f} {int(row['failures']):>5} {row['stage1_share']:>7.0%} "
+        f"{row['stage2_share']:>7.0%} {row['shed_share']:>6.0%} {row['cpu_s_per_1k']:>10.2f}"
+    )
+
+
+def print_tables(results: dict[str, object]) -> None:
+    """Every phase of every sidecar, then the matrix, one line each."""
     print(
-        f"\n{'sidecar':<14} {'load':<16} {'p50 ms':>8} {'p99 ms':>8} {'dec/s':>8} "
-        f"{'fail':>5} {'classified':>10} {'shed':>6}"
+        f"\n{'sidecar':<14} {'load':<22} {'p50 ms':>8} {'p99 ms':>8} {'dec/s':>8} "
+        f"{'fail':>5} {'stage 1':>7} {'stage 2':>7} {'shed':>6} {'cpu s/1k':>10}"
     )
     for name, _ in VARIANTS:
         printed = results[name]
         assert isinstance(printed, dict)
-        print(f"{name:<14} resident memory after the run: {printed['rss_mib']:.0f} MiB")
+        print(
+            f"{name:<14} resident memory after the run: {printed['rss_mib']:.0f} MiB "
+            f"(peak {printed['peak_rss_mib']:.0f} MiB)"
+        )
         for load, row in printed.items():
-            if not isinstance(row, dict):
-                continue
-            print(
-                f"{name:<14} {load:<16} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "
-                f"{row['decisions_per_s']:>8.0f} {int(row['failures']):>5} "
-                f"{row['classified_share']:>10.0%} {row['shed_share']:>6.0%}"
-            )
-    print(f"\nwritten to {args.out}")
-    return 0
+            if load != "matrix" and isinstance(row, dict):
+                print(_row(name, load, row))
+        for length, cells in printed.get("matrix", {}).items():
+            for streams, row in cells.items():
+                print(_row(name, f"{length} x{streams}", row))
 
 
 if __name__ == "__main__":

@@ -167,12 +167,14 @@ class Escalation:
 
 @dataclass
 class CascadeStats:
-    """Counts by outcome, for metrics and tests."""
+    """Counts by outcome, for tests, each also handed to `listener` (the metrics)."""
 
     outcomes: dict[str, int] = field(default_factory=dict)
+    listener: Callable[[str], None] = lambda outcome: None
 
     def count(self, outcome: str) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        self.listener(outcome)
 
 
 class TicketSigner:
@@ -224,9 +226,10 @@ class Cascade:
         max_pending: int = 1024,
         clock: Callable[[], float] = time.time,
         signer: TicketSigner | None = None,
+        on_outcome: Callable[[str], None] = lambda outcome: None,
     ) -> None:
         self.rules = rules
-        self.stats = CascadeStats()
+        self.stats = CascadeStats(listener=on_outcome)
         self._table = table
         self._catalogue = catalogue
         self._judge = judge

@@ -13,6 +13,8 @@ Nothing here decides anything; it only translates (sidecar/serving/cascade.py de
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -73,9 +75,15 @@ def wait_longer(seconds: float) -> ext.ProcessingResponse:
 class CascadeFilter:
     """Serves the cascade filter's ext_proc streams."""
 
-    def __init__(self, cascade: Cascade, max_message_timeout_s: float) -> None:
+    def __init__(
+        self,
+        cascade: Cascade,
+        max_message_timeout_s: float,
+        observe_check: Callable[[float], None] = lambda seconds: None,
+    ) -> None:
         self._cascade = cascade
         self._max_wait_s = max_message_timeout_s
+        self._observe_check = observe_check
 
     async def serve(self, context: Stream) -> None:
         """One held answer's messages: headers, then the buffered body."""
@@ -99,7 +107,9 @@ class CascadeFilter:
         self, context: Stream, status: int, headers: dict[str, str], body: bytes
     ) -> None:
         try:
+            started = time.perf_counter()
             check = await self._cascade.check(status, headers, body)
+            self._observe_check(time.perf_counter() - started)
             if check.escalation is None:
                 await context.write(reply_response(check.reply or Reply()))
                 return

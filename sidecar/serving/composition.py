@@ -6,7 +6,8 @@ in the data directory by exemplar file, index format, embedder and static table)
 micro-batcher in front of the model, the classifier, and the watcher that hot-swaps a
 rebuilt index; and the live board with the feeds that fill it (Envoy's health view, the
 queue scrape or the Prometheus fleet feed, the price feed, the learner of Envoy's
-access log), each only when configured. Nothing below it reads settings.
+access log), each only when configured; and the cascade (its evaluator, its learned
+scorer, where it escalates to). Nothing below it reads settings.
 """
 
 from __future__ import annotations
@@ -18,10 +19,21 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
+from sidecar.cascade.evaluator import AnswerEvaluator
+from sidecar.cascade.scorer import load_scorer
+from sidecar.config.envoy import (
+    CASCADE_FILTER,
+    api_listener_address,
+    ext_proc_max_message_timeout_s,
+)
 from sidecar.config.settings import PassiveFeedSettings, SemanticSettings, Settings
+from sidecar.core.cascade import CascadeRules
 from sidecar.core.catalogue import Catalogue
 from sidecar.core.decision import ProviderSnapshot
-from sidecar.errors import IndexLoadError
+from sidecar.errors import ConfigError, IndexLoadError
 from sidecar.feeds.envoy_health import health_feed
 from sidecar.feeds.live import LiveBoard
 from sidecar.feeds.passive import PassiveLearner
@@ -41,6 +53,7 @@ from sidecar.semantic.model_store import (
 )
 from sidecar.semantic.stages import has_stage1
 from sidecar.semantic.static_embedder import StaticEmbedder, TokenTeacher
+from sidecar.serving.cascade import Cascade
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +67,9 @@ class SemanticParts:
     classifier: SemanticClassifier
     reload_index: IndexReloader
     close: Callable[[], Awaitable[None]]
+    # The encoder behind the micro-batcher, for other readers (the cascade's scorer).
+    embed: Callable[[str], Awaitable[npt.NDArray[np.float32]]] | None = None
+    embedder_fingerprint: str | None = None
 
 
 SemanticFactory = Callable[[Settings], Awaitable[SemanticParts | None]]
@@ -150,7 +166,79 @@ async def build_semantic(settings: Settings) -> SemanticParts | None:
                 await watcher
         await batcher.close()
 
-    return SemanticParts(classifier=classifier, reload_index=classifier.reload, close=close)
+    return SemanticParts(
+        classifier=classifier,
+        reload_index=classifier.reload,
+        close=close,
+        embed=batcher.embed,
+        embedder_fingerprint=embedder.fingerprint,
+    )
+
+
+def build_cascade(
+    settings: Settings,
+    envoy_config: Mapping[str, object],
+    catalogue: Catalogue,
+    semantic: SemanticParts | None,
+    on_outcome: Callable[[str], None],
+) -> tuple[Cascade, float] | None:
+    """The cascade and how long Envoy lets it hold an answer, or None when it is off.
+
+    Off when the settings say so, or when the Envoy config has no cascade filter (then no
+    answer could ever be held back). A budget Envoy would not wait for, a scorer that
+    needs the encoder when semantic routing is off, or no address to escalate to are
+    configuration errors.
+    """
+    config = settings.cascade
+    if not config.enabled:
+        return None
+    source = str(settings.envoy_config)
+    wait_s = ext_proc_max_message_timeout_s(envoy_config, CASCADE_FILTER)
+    if wait_s <= 0:
+        log.info("cascade off: %s has no %s filter with a max_message_timeout", source,
+                 CASCADE_FILTER)  # fmt: skip
+        return None
+    if config.budget_s + 1 > wait_s:
+        raise ConfigError(
+            f"cascade.budget_s: {config.budget_s} s, but Envoy waits at most {wait_s:g} s for "
+            f"a held-back answer ({source}, {CASCADE_FILTER} max_message_timeout); "
+            "keep the budget at least 1 s below it"
+        )
+    envoy_url = config.envoy_url
+    if envoy_url is None:
+        listener = api_listener_address(envoy_config, source)
+        if listener is None:
+            raise ConfigError(
+                f"cascade.envoy_url: not set, and {source} has no openai_api listener"
+            )
+        host, port = listener
+        envoy_url = f"http://{host}:{port}"
+    scorer = None
+    if config.scorer is not None:
+        fingerprint = semantic.embedder_fingerprint if semantic is not None else None
+        scorer = load_scorer(config.scorer, expected_fingerprint=fingerprint)
+        if scorer.needs_embedding and (semantic is None or semantic.embed is None):
+            raise ConfigError(
+                f"cascade.scorer: {config.scorer} reads MiniLM embeddings, but semantic "
+                "routing (the encoder) is off"
+            )
+    cascade = Cascade(
+        rules=CascadeRules(
+            policies=frozenset(config.policies),
+            max_attempts=config.max_attempts,
+            budget_s=config.budget_s,
+        ),
+        table=settings.routing_table(),
+        catalogue=catalogue,
+        judge=AnswerEvaluator(config.evaluator, scorer),
+        threshold=config.evaluator.threshold,
+        envoy_url=envoy_url,
+        embed=semantic.embed if semantic is not None else None,
+        ask_logprobs=config.ask_logprobs,
+        max_pending=config.max_pending,
+        on_outcome=on_outcome,
+    )
+    return cascade, wait_s
 
 
 def passive_learner(settings: PassiveFeedSettings, catalogue: Catalogue) -> PassiveLearner | None:

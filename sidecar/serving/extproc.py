@@ -22,14 +22,18 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
 from envoy.type.v3 import http_status_pb2
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from opentelemetry.trace import Span
 
 from sidecar.core.request import MODELS_PATH, endpoint_for_path
 from sidecar.core.vote import FAILED, SHED, STAGE_STATIC
 from sidecar.errors import RequestError
 from sidecar.serving.body import BIG_BODY_BYTES
+from sidecar.serving.cascade import TICKET_HEADER, Cascade, Prepared
+from sidecar.serving.cascade_filter import CASCADE_FILTER, FILTER_METADATA, CascadeFilter
 from sidecar.serving.metrics import RouterMetrics
 from sidecar.serving.service import (
+    ROUTE_CASCADE_METADATA,
     ROUTE_POLICY_METADATA,
     Routed,
     RoutingService,
@@ -58,6 +62,16 @@ def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
     )
 
 
+def _set_header(
+    headers: RepeatedCompositeFieldContainer[base_pb2.HeaderValueOption], name: str, value: str
+) -> None:
+    # Built in place: nested constructors copy every sub-message (7 µs against 18 µs for
+    # a decision's five headers).
+    option = headers.add(append_action=_OVERWRITE)
+    option.header.key = name
+    option.header.raw_value = value.encode()
+
+
 def headers_to_dict(header_map: base_pb2.HeaderMap) -> dict[str, str]:
     """Flatten Envoy's header map to lower-case names (later duplicates win)."""
     result: dict[str, str] = {}
@@ -67,23 +81,38 @@ def headers_to_dict(header_map: base_pb2.HeaderMap) -> dict[str, str]:
     return result
 
 
-def decision_response(routed: Routed, original_length: int) -> ext.ProcessingResponse:
-    """The body-phase answer that routes the request where the decision says."""
+def decision_response(
+    routed: Routed,
+    original_length: int,
+    cascade: Prepared | None = None,
+    remove_headers: tuple[str, ...] = (),
+) -> ext.ProcessingResponse:
+    """The body-phase answer that routes the request where the decision says.
+
+    A cascading request also gets the header that selects the cascade route, and maybe
+    a body asking for logprobs (`cascade`); `remove_headers` go (an escalation ticket).
+    """
     decision = routed.decision
-    set_headers = [
-        _header(UPSTREAM_HEADER, decision.upstream),
-        _header(ROUTE_HEADER, decision.route),
-        _header(DECISION_HEADER, decision.decision_id),
-        _header(MODEL_HEADER, decision.model),
-    ]
-    common = ext.CommonResponse(clear_route_cache=True)
-    if routed.body is not None:
-        set_headers.append(_header("content-length", str(len(routed.body))))
-        common.body_mutation.body = routed.body
+    response = ext.ProcessingResponse()
+    common = response.request_body.response
+    common.clear_route_cache = True
+    headers = common.header_mutation.set_headers
+    _set_header(headers, UPSTREAM_HEADER, decision.upstream)
+    _set_header(headers, ROUTE_HEADER, decision.route)
+    _set_header(headers, DECISION_HEADER, decision.decision_id)
+    _set_header(headers, MODEL_HEADER, decision.model)
+    body = routed.body
+    if cascade is not None:
+        for name, value in cascade.set_headers:
+            _set_header(headers, name, value)
+        body = cascade.body if cascade.body is not None else body
+    if body is not None:
+        _set_header(headers, "content-length", str(len(body)))
+        common.body_mutation.body = body
     elif original_length:
-        set_headers.append(_header("content-length", str(original_length)))
-    common.header_mutation.set_headers.extend(set_headers)
-    return ext.ProcessingResponse(request_body=ext.BodyResponse(response=common))
+        _set_header(headers, "content-length", str(original_length))
+    common.header_mutation.remove_headers.extend(remove_headers)
+    return response
 
 
 def classifier_outcome(routed: Routed) -> str:
@@ -158,10 +187,16 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
         *,
         max_message_timeout_s: float = 0.0,
         tracer: DecisionTracer | None = None,
+        cascade: Cascade | None = None,
+        cascade_filter: CascadeFilter | None = None,
     ) -> None:
         self._service = service
         self._metrics = metrics
         self._tracer = tracer or DecisionTracer(None)
+        # The cascade (README "Cascade"): planned here on the request; its held-back
+        # answers arrive on the second filter's streams, served by `cascade_filter`.
+        self._cascade = cascade
+        self._cascade_filter = cascade_filter
         # A big body may need longer than Envoy's message_timeout; Envoy grants up to its
         # max_message_timeout when asked before the timer runs out (0: it grants nothing).
         self._extend: ext.ProcessingResponse | None = None
@@ -174,26 +209,34 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
         self,
         request_iterator: AsyncIterator[ext.ProcessingRequest],
         context: grpc.aio.ServicerContext[ext.ProcessingRequest, ext.ProcessingResponse],
-    ) -> AsyncIterator[ext.ProcessingResponse]:
+    ) -> None:
         """Handle one HTTP request's worth of ext_proc messages."""
+        # context.read/write, not `async for` and `yield`: gRPC's stream is most of a
+        # decision's CPU, and a do-nothing servicer costs ~5 % less per stream this way
+        # (0.43 against 0.45 ms of CPU at 32 streams, median of 4 alternating runs).
+        del request_iterator  # the two styles must not be mixed on one stream
         metadata: Metadata = tuple(context.invocation_metadata() or ())
+        filter_name = _metadata_value(metadata, FILTER_METADATA)
+        if filter_name == CASCADE_FILTER and self._cascade_filter is not None:
+            await self._cascade_filter.serve(context)  # a held-back answer
+            return
         route_policy = _metadata_value(metadata, ROUTE_POLICY_METADATA)
         headers: dict[str, str] = {}
-        async for message in request_iterator:
+        while (message := await context.read()) is not grpc.aio.EOF:
             phase = message.WhichOneof("request")
             if phase == "request_headers":
                 headers = headers_to_dict(message.request_headers.headers)
                 if message.request_headers.end_of_stream:
-                    yield self._headers_only(headers)
+                    await context.write(self._headers_only(headers))
                 else:
-                    yield _CONTINUE_HEADERS
+                    await context.write(_CONTINUE_HEADERS)
             elif phase == "request_body":
                 body = message.request_body.body
                 if self._extend is not None and len(body) >= BIG_BODY_BYTES:
-                    yield self._extend
-                yield await self._on_body(headers, body, route_policy, metadata)
+                    await context.write(self._extend)
+                await context.write(await self._on_body(headers, body, route_policy, metadata))
             else:
-                yield _passthrough(phase or "")
+                await context.write(_passthrough(phase or ""))
 
     def _headers_only(self, headers: Mapping[str, str]) -> ext.ProcessingResponse:
         path = headers.get(":path", "")
@@ -216,8 +259,9 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
         path = headers.get(":path", "")
         if endpoint_for_path(path) is None:
             return ext.ProcessingResponse(request_body=ext.BodyResponse())
+        opted_in = _metadata_value(metadata, ROUTE_CASCADE_METADATA) == "true"
         with self._tracer.decision(metadata) as span:
-            return await self._decide(path, headers, body, route_policy, span, started)
+            return await self._decide(path, headers, body, route_policy, span, started, opted_in)
 
     async def _decide(
         self,
@@ -227,11 +271,19 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
         route_policy: str | None,
         span: Span | None,
         started: float,
+        route_cascades: bool = False,
     ) -> ext.ProcessingResponse:
         decision_id = new_decision_id()
+        cascade = self._cascade
+        ticket = cascade.ticket(headers) if cascade is not None else None
         try:
             routed = await self._service.route(
-                path, headers, body, route_policy=route_policy, decision_id=decision_id
+                path,
+                headers,
+                body,
+                route_policy=route_policy,
+                decision_id=decision_id,
+                escalate_to=ticket.tier if ticket is not None else None,
             )
         except RequestError as error:
             self._metrics.rejected(error.code)
@@ -253,8 +305,16 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
         if span is not None and span.is_recording():
             capture = self._tracer.capture_content
             span.set_attributes(decision_attributes(routed, outcome, capture_content=capture))
+        prepared = None
+        if cascade is not None and routed.intent is not None:
+            plan = cascade.plan(routed, routed.intent, ticket, route_cascades)
+            if plan is not None and span is not None and span.is_recording():
+                span.set_attribute("router.cascade", plan.why)
+            if plan is not None and plan.cascades:
+                prepared = cascade.prepare(routed, plan, path, headers, body, ticket)
         self._metrics.decided(routed.decision, outcome, time.perf_counter() - started)
-        return decision_response(routed, len(body))
+        removed = (TICKET_HEADER,) if TICKET_HEADER in headers else ()
+        return decision_response(routed, len(body), prepared, removed)
 
 
 def _metadata_value(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> str | None:

@@ -119,7 +119,25 @@ class RouterMetrics:
             buckets=(0.00005, 0.0001, *_LATENCY_BUCKETS),
             registry=self.registry,
         )
+        self._cascade = Counter(
+            "inference_router_cascade",
+            "Held-back answers by what the cascade did (accepted, escalated, escalation_failed, "
+            "budget_spent, skipped_full, ticket_refused, expired, unknown, error)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self._cascade_check = Histogram(
+            "inference_router_cascade_check_seconds",
+            "Time to judge a held-back answer (the evaluator, and the encoder if it reads "
+            "an embedding), not counting an escalation's own call",
+            buckets=(0.00005, 0.0001, *_LATENCY_BUCKETS),
+            registry=self.registry,
+        )
         self._listeners: list[Callable[[Decision, str], None]] = []
+        # `.labels()` costs ~2 µs a call (it validates and locks); the children are kept
+        # here by their labels, which the registry keeps for good anyway.
+        self._decision_children: dict[tuple[str, str, str, str], Counter] = {}
+        self._stage_children: dict[str, Histogram] = {}
 
     def on_decided(self, listener: Callable[[Decision, str], None]) -> None:
         """Also hand each recorded decision and its classifier outcome to `listener`."""
@@ -129,9 +147,11 @@ class RouterMetrics:
         """Record one decision, what the classifier did for it, and how long it took."""
         for listener in self._listeners:
             listener(decision, classifier)
-        self._decisions.labels(
-            decision.upstream, decision.route, decision.policy.value, classifier
-        ).inc()
+        key = (decision.upstream, decision.route, decision.policy.value, classifier)
+        counter = self._decision_children.get(key)
+        if counter is None:
+            counter = self._decision_children[key] = self._decisions.labels(*key)
+        counter.inc()
         self._latency.observe(seconds)
         self._output_tokens.observe(decision.predicted_output_tokens)
         for candidate in decision.candidates:
@@ -147,9 +167,20 @@ class RouterMetrics:
         """Record an unexpected error (a bug or a broken dependency), by where it happened."""
         self._errors.labels(kind).inc()
 
+    def cascade_outcome(self, outcome: str) -> None:
+        """Record what the cascade did with one request or answer."""
+        self._cascade.labels(outcome).inc()
+
+    def cascade_check_seconds(self, seconds: float) -> None:
+        """Record how long judging one held-back answer took."""
+        self._cascade_check.observe(seconds)
+
     def stage_seconds(self, stage: str, seconds: float) -> None:
         """Record how long one stage of a decision took (parse, stage1, embed, search, policy)."""
-        self._stages.labels(stage).observe(seconds)
+        histogram = self._stage_children.get(stage)
+        if histogram is None:
+            histogram = self._stage_children[stage] = self._stages.labels(stage)
+        histogram.observe(seconds)
 
     def watch_classifier(self, expected_wait_s: Callable[[], float]) -> None:
         """Export how long a new prompt would wait for the model (the shedding signal)."""

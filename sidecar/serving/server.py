@@ -32,9 +32,12 @@ from sidecar.errors import ConfigError
 from sidecar.feeds.access_log import AccessLogReceiver
 from sidecar.feeds.poller import Poller
 from sidecar.serving.api import RouterApi
+from sidecar.serving.cascade import Cascade
+from sidecar.serving.cascade_filter import CascadeFilter
 from sidecar.serving.composition import (
     SemanticFactory,
     SemanticParts,
+    build_cascade,
     build_feeds,
     build_semantic,
     passive_learner,
@@ -74,6 +77,7 @@ class RunningSidecar:
     feeds: tuple[Poller, ...] = ()
     access_log: AccessLogReceiver | None = None
     stop_tracing: Callable[[], None] = lambda: None
+    cascade: Cascade | None = None
 
     async def stop(self, grace_s: float) -> None:
         """Drain: report NOT_SERVING, let in-flight streams finish, then stop."""
@@ -86,6 +90,8 @@ class RunningSidecar:
         finally:
             for feed in self.feeds:
                 await feed.stop()
+            if self.cascade is not None:
+                await self.cascade.close()
             await self.admin.cleanup()
             if self.semantic is not None:
                 await self.semantic.close()
@@ -137,11 +143,19 @@ async def start_sidecar(
             ("grpc.so_reuseport", 0),
         ]
     )
+    built = build_cascade(settings, envoy_config, catalogue, semantic, metrics.cascade_outcome)
+    cascade = built[0] if built is not None else None
     processor = ExternalProcessor(
         service,
         metrics,
         max_message_timeout_s=ext_proc_max_message_timeout_s(envoy_config),
         tracer=tracing.tracer,
+        cascade=cascade,
+        cascade_filter=(
+            CascadeFilter(built[0], built[1], metrics.cascade_check_seconds)
+            if built is not None
+            else None
+        ),
     )
     ext_grpc.add_ExternalProcessorServicer_to_server(processor, server)
     router_pb2_grpc.add_RouterServicer_to_server(  # type: ignore[no-untyped-call]
@@ -197,6 +211,7 @@ async def start_sidecar(
         feeds,
         access_log,
         tracing.shutdown,
+        cascade,
     )
 
 

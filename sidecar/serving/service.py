@@ -42,8 +42,11 @@ MAX_LATENCY_HEADER = "x-router-max-latency-ms"
 _DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]{1,3})?")
 _WHOLE = re.compile(r"[0-9]{1,9}")
 _MAX_LATENCY_MS = 86_400_000  # a day
+_NO_LIMITS = Limits()
 # gRPC metadata an Envoy route can attach (ExtProcPerRoute grpc_initial_metadata).
 ROUTE_POLICY_METADATA = "x-router-route-policy"
+# ... and "true" here makes every request of the route cascade (README "Cascade").
+ROUTE_CASCADE_METADATA = "x-router-route-cascade"
 
 
 class Classifier(Protocol):
@@ -65,6 +68,7 @@ class Routed:
     verdict: RouteVerdict | None
     body: bytes | None
     facts: RequestFacts | None = None
+    intent: Intent | None = None
 
 
 class RoutingService:
@@ -122,8 +126,12 @@ class RoutingService:
         *,
         route_policy: str | None = None,
         decision_id: str | None = None,
+        escalate_to: str | None = None,
     ) -> Routed:
-        """Decide where one request goes; raises RequestError for a bad request."""
+        """Decide where one request goes; raises RequestError for a bad request.
+
+        `escalate_to`: a cascade's escalation, decided on that tier (sidecar/core/cascade.py).
+        """
         decision_id = decision_id or new_decision_id()
         endpoint = endpoint_for_path(path)
         if endpoint is None:
@@ -131,10 +139,14 @@ class RoutingService:
                 f"the router does not route {path.split('?', 1)[0]!r}", code="unknown_url"
             )
         if len(body) < BIG_BODY_BYTES:
-            return await self._route(endpoint, headers, body, route_policy, decision_id)
+            return await self._route(
+                endpoint, headers, body, route_policy, decision_id, escalate_to
+            )
         # Big: decoded and re-encoded off the loop, a bounded number of bytes at a time.
         async with self._budget.hold(len(body)):
-            return await self._route(endpoint, headers, body, route_policy, decision_id)
+            return await self._route(
+                endpoint, headers, body, route_policy, decision_id, escalate_to
+            )
 
     async def _route(
         self,
@@ -143,6 +155,7 @@ class RoutingService:
         body: bytes,
         route_policy: str | None,
         decision_id: str,
+        escalate_to: str | None = None,
     ) -> Routed:
         offload = len(body) >= BIG_BODY_BYTES
         with self._timer("parse"):
@@ -159,7 +172,8 @@ class RoutingService:
             intent = resolve_intent(facts.model, asks, self._table.default_policy)
             limits = limits_from_headers(headers)
         verdict = None
-        if self._classifier is not None and _needs_semantics(facts, intent):
+        needs_semantics = escalate_to is None and _needs_semantics(facts, intent)
+        if self._classifier is not None and needs_semantics:
             verdict = await self._classify(self._classifier, facts.routing_text, decision_id)
         with self._timer("policy"):
             decision = decide(
@@ -171,6 +185,7 @@ class RoutingService:
                 snapshot=self._snapshot(),
                 verdict=verdict,
                 limits=limits,
+                escalate_to=escalate_to,
             )
         new_body = None
         if decision.model_rewritten:
@@ -190,7 +205,7 @@ class RoutingService:
                 "decision %s: %s -> %s (%s)",
                 decision.decision_id, decision.route, decision.upstream, decision.reason,
             )  # fmt: skip
-        return Routed(decision=decision, verdict=verdict, body=new_body, facts=facts)
+        return Routed(decision=decision, verdict=verdict, body=new_body, facts=facts, intent=intent)
 
     def fallback(self, body: bytes, decision_id: str) -> Routed:
         """The default policy's decision, for a request whose routing failed unexpectedly.
@@ -237,6 +252,8 @@ def limits_from_headers(headers: Mapping[str, str]) -> Limits:
 
     A blank header is no limit, as a blank x-router-policy is no policy.
     """
+    if MAX_COST_HEADER not in headers and MAX_LATENCY_HEADER not in headers:
+        return _NO_LIMITS  # most requests
     cost = headers.get(MAX_COST_HEADER, "").strip()
     latency = headers.get(MAX_LATENCY_HEADER, "").strip()
     max_cost = float(cost) if _DECIMAL.fullmatch(cost) else math.nan

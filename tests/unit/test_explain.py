@@ -31,6 +31,7 @@ class BrokenService(RoutingService):
         *,
         route_policy: str | None = None,
         decision_id: str | None = None,
+        escalate_to: str | None = None,
     ) -> Routed:
         raise RuntimeError("a bug with a secret in its message")
 

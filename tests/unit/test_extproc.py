@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
 
 from sidecar.core.decision import ProviderSnapshot
@@ -57,6 +59,35 @@ async def test_decision_in_the_body_response(stub: ext_grpc.ExternalProcessorStu
     new_body = body_reply.body_mutation.body
     assert json.loads(new_body)["model"] == "tiny-1b"
     assert headers["content-length"] == str(len(new_body))
+
+
+async def test_an_unchanged_body_keeps_its_length_and_every_header_overwrites(
+    stub: ext_grpc.ExternalProcessorStub,
+) -> None:
+    body = {"model": "tiny-1b", "messages": [{"role": "user", "content": "hello"}]}
+    replies = await exchange(stub, [headers_message(CHAT_PATH), body_message(body)])
+    body_reply = replies[1].request_body.response
+    assert not body_reply.HasField("body_mutation")
+    options = body_reply.header_mutation.set_headers
+    assert [o.header.key for o in options] == [
+        "x-router-upstream", "x-router-route", "x-router-decision-id", "x-router-model",
+        "content-length",
+    ]  # fmt: skip
+    for option in options:
+        # raw_value, never value: Envoy 1.40 sends an empty header for `value`.
+        assert option.header.raw_value and not option.header.value
+        assert option.append_action == base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+    assert decision_headers(replies[1])["content-length"] == str(len(json.dumps(body)))
+
+
+async def test_every_message_of_a_stream_is_answered_in_order(
+    stub: ext_grpc.ExternalProcessorStub,
+) -> None:
+    trailers = ext.ProcessingRequest(request_trailers=ext.HttpTrailers())
+    response_headers = ext.ProcessingRequest(response_headers=ext.HttpHeaders())
+    replies = await exchange(stub, [*chat_request("hello"), trailers, response_headers])
+    phases = [reply.WhichOneof("response") for reply in replies]
+    assert phases == ["request_headers", "request_body", "request_trailers", "response_headers"]
 
 
 async def test_route_policy_metadata(stub: ext_grpc.ExternalProcessorStub) -> None:

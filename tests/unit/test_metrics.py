@@ -67,6 +67,26 @@ def test_each_decision_records_its_chosen_cost_and_predicted_length() -> None:
     assert _value(metrics, "inference_router_predicted_output_tokens_bucket", le="128.0") == 1
 
 
+def test_repeated_labels_count_on_the_same_series() -> None:
+    # The labelled children are kept between decisions; each series must still count all.
+    metrics = RouterMetrics()
+    for _ in range(3):
+        metrics.decided(_decision("cheap", 100), "unused", 0.003)
+    metrics.decided(_decision("cheap", 100), "shed", 0.003)
+    for seconds in (0.001, 0.002):
+        metrics.stage_seconds("parse", seconds)
+    metrics.stage_seconds("policy", 0.004)
+    decisions = {"upstream": "cheap", "route": "mid", "policy": "cost"}
+    assert _value(metrics, "inference_router_decisions_total", classifier="unused",
+                  **decisions) == 3  # fmt: skip
+    assert _value(metrics, "inference_router_decisions_total", classifier="shed",
+                  **decisions) == 1  # fmt: skip
+    stages = "inference_router_decision_stage_seconds"
+    assert _value(metrics, f"{stages}_count", stage="parse") == 2
+    assert _value(metrics, f"{stages}_sum", stage="parse") == 0.003
+    assert _value(metrics, f"{stages}_count", stage="policy") == 1
+
+
 def test_process_and_python_metrics_are_exported_by_every_instance() -> None:
     first, second = RouterMetrics(), RouterMetrics()  # the standard collectors in both
     for metrics in (first, second):
