@@ -21,6 +21,7 @@ from typing import Protocol
 from sidecar import __version__
 from sidecar.cli import (
     calibrate,
+    cascade_forget,
     cascade_train,
     check,
     decide,
@@ -59,6 +60,7 @@ COMMANDS: tuple[tuple[tuple[str, ...], Command], ...] = (
     (("eval",), evaluate),
     (("calibrate",), calibrate),
     (("cascade", "train"), cascade_train),
+    (("cascade", "forget"), cascade_forget),
     (("envoy", "tracing"), envoy_tracing),
 )
 

@@ -189,6 +189,22 @@ class EnvoyHealthSettings(_Strict):
         return self
 
 
+class CascadeLearnSettings(_Strict):
+    """Learning from outcomes (opt-in): a prompt like an escalated one skips the cheap try."""
+
+    enabled: bool = False
+    # The memory file (vectors and tiers, never prompt text); required when enabled.
+    path: Path | None = None
+    similarity: float = Field(default=0.92, gt=0, le=1)  # cosine, MiniLM vectors
+    max_entries: int = Field(default=10_000, ge=1)
+
+    @model_validator(mode="after")
+    def _path_when_enabled(self) -> CascadeLearnSettings:
+        if self.enabled and self.path is None:
+            raise ValueError("path: required when learning is enabled (where the memory lives)")
+        return self
+
+
 class CascadeSettings(_Strict):
     """Model cascading: a cheap model first, its answer judged, a shaky one escalated.
 
@@ -215,6 +231,7 @@ class CascadeSettings(_Strict):
     # did not ask for; they are removed from the answer it gets.
     ask_logprobs: bool = True
     max_pending: int = Field(default=1024, ge=1)  # answers awaited at once, at most
+    learn: CascadeLearnSettings = Field(default_factory=CascadeLearnSettings)
 
 
 class Settings(_Strict):

@@ -20,6 +20,8 @@ How a cascade runs (README "Cascade" has the picture):
 Bounds: `max_attempts` models per request and `budget_s` from the first decision; when
 either runs out, the best answer so far is returned (the cheap one, if the escalation
 failed). Requests that do not cascade pay nothing: Envoy sends no answer to the sidecar.
+With learning on (`cascade.learn`), each escalation is remembered (sidecar/cascade/
+memory.py), and `recall` sends a prompt like a remembered one straight to its tier.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import aiohttp
 import numpy as np
 import numpy.typing as npt
 
+from sidecar.cascade.memory import CascadeMemory
 from sidecar.core.cascade import CascadePlan, CascadeRules, plan_cascade
 from sidecar.core.catalogue import Catalogue
 from sidecar.core.decision import RoutingTable
@@ -124,6 +127,7 @@ class Pending:
     attempt: int
     deadline: float
     added_logprobs: bool
+    vector: npt.NDArray[np.float32] | None = None  # the prompt's, when the memory learns
 
 
 @dataclass(frozen=True)
@@ -227,6 +231,7 @@ class Cascade:
         clock: Callable[[], float] = time.time,
         signer: TicketSigner | None = None,
         on_outcome: Callable[[str], None] = lambda outcome: None,
+        memory: CascadeMemory | None = None,
     ) -> None:
         self.rules = rules
         self.stats = CascadeStats(listener=on_outcome)
@@ -241,6 +246,7 @@ class Cascade:
         self._clock = clock
         self._signer = signer or TicketSigner()
         self._pending: OrderedDict[str, Pending] = OrderedDict()
+        self._memory = memory
         self._http: aiohttp.ClientSession | None = None
 
     # --- the router's filter: the request --------------------------------------------
@@ -275,6 +281,22 @@ class Cascade:
             seconds_left=left,
         )
 
+    async def recall(
+        self, routed: Routed
+    ) -> tuple[tuple[str, float] | None, npt.NDArray[np.float32] | None]:
+        """What the memory says of a request about to cascade: (tier, similarity) or None,
+        and the prompt's vector for `prepare` (None when the memory is off)."""
+        if self._memory is None or self._embed is None or routed.facts is None:
+            return None, None
+        text = routed.facts.routing_text
+        if not text.strip():
+            return None, None
+        vector = await self._embed(text)
+        recalled = self._memory.recall(vector)
+        if recalled is not None:
+            self.stats.count("recalled")
+        return recalled, vector
+
     def prepare(
         self,
         routed: Routed,
@@ -283,6 +305,7 @@ class Cascade:
         headers: Mapping[str, str],
         body: bytes,
         ticket: Ticket | None,
+        vector: npt.NDArray[np.float32] | None = None,
     ) -> Prepared | None:
         """Remember what an escalation will need; None when nothing may be held back now."""
         if plan.next_tier is None:
@@ -313,6 +336,7 @@ class Cascade:
             attempt=ticket.attempt if ticket is not None else 1,
             deadline=ticket.deadline if ticket is not None else now + self.rules.budget_s,
             added_logprobs=added,
+            vector=vector,
         )
         return Prepared(set_headers=((CHECK_HEADER, "1"),), body=forwarded if added else None)
 
@@ -371,6 +395,8 @@ class Cascade:
             self.stats.count("escalation_failed")
             return self._best_so_far(escalation, f"{pending.next_tier}: {status}")
         self.stats.count("escalated")
+        if self._memory is not None and pending.vector is not None:
+            self._memory.remember(pending.vector, pending.next_tier)
         inner = answer_headers.get(CASCADE_HEADER) or pending.next_tier
         lowered = {name.lower(): value for name, value in answer_headers.items()}
         removed = tuple(

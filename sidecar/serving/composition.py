@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sidecar.cascade.evaluator import AnswerEvaluator
+from sidecar.cascade.memory import CascadeMemory
 from sidecar.cascade.scorer import load_scorer
 from sidecar.config.envoy import (
     CASCADE_FILTER,
@@ -70,6 +71,7 @@ class SemanticParts:
     # The encoder behind the micro-batcher, for other readers (the cascade's scorer).
     embed: Callable[[str], Awaitable[npt.NDArray[np.float32]]] | None = None
     embedder_fingerprint: str | None = None
+    embedder_dim: int | None = None
 
 
 SemanticFactory = Callable[[Settings], Awaitable[SemanticParts | None]]
@@ -172,6 +174,7 @@ async def build_semantic(settings: Settings) -> SemanticParts | None:
         close=close,
         embed=batcher.embed,
         embedder_fingerprint=embedder.fingerprint,
+        embedder_dim=embedder.dim,
     )
 
 
@@ -222,6 +225,7 @@ def build_cascade(
                 f"cascade.scorer: {config.scorer} reads MiniLM embeddings, but semantic "
                 "routing (the encoder) is off"
             )
+    memory = _cascade_memory(settings, semantic)
     cascade = Cascade(
         rules=CascadeRules(
             policies=frozenset(config.policies),
@@ -237,8 +241,25 @@ def build_cascade(
         ask_logprobs=config.ask_logprobs,
         max_pending=config.max_pending,
         on_outcome=on_outcome,
+        memory=memory,
     )
     return cascade, wait_s
+
+
+def _cascade_memory(settings: Settings, semantic: SemanticParts | None) -> CascadeMemory | None:
+    """The memory of escalated prompts, when learning from outcomes is on."""
+    learn = settings.cascade.learn
+    if not learn.enabled or learn.path is None:
+        return None
+    if semantic is None or semantic.embedder_fingerprint is None or semantic.embedder_dim is None:
+        raise ConfigError("cascade.learn: needs semantic routing on (it remembers MiniLM vectors)")
+    return CascadeMemory.load(
+        learn.path,
+        fingerprint=semantic.embedder_fingerprint,
+        dim=semantic.embedder_dim,
+        similarity=learn.similarity,
+        max_entries=learn.max_entries,
+    )
 
 
 def passive_learner(settings: PassiveFeedSettings, catalogue: Catalogue) -> PassiveLearner | None:

@@ -311,10 +311,39 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
             if plan is not None and span is not None and span.is_recording():
                 span.set_attribute("router.cascade", plan.why)
             if plan is not None and plan.cascades:
-                prepared = cascade.prepare(routed, plan, path, headers, body, ticket)
+                recalled, vector = await cascade.recall(routed)
+                remembered = None
+                if recalled is not None:  # a similar prompt needed that tier: go there now
+                    remembered = await self._remembered(
+                        path, headers, body, route_policy, decision_id, recalled[0]
+                    )
+                if remembered is not None:
+                    routed = remembered
+                    if span is not None and span.is_recording():
+                        span.set_attribute("router.cascade", f"remembered: {recalled}")
+                else:
+                    prepared = cascade.prepare(routed, plan, path, headers, body, ticket, vector)
         self._metrics.decided(routed.decision, outcome, time.perf_counter() - started)
         removed = (TICKET_HEADER,) if TICKET_HEADER in headers else ()
         return decision_response(routed, len(body), prepared, removed)
+
+    async def _remembered(
+        self,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        route_policy: str | None,
+        decision_id: str,
+        tier: str,
+    ) -> Routed | None:
+        """The decision on the tier the cascade's memory recalled; None if none fits."""
+        try:
+            return await self._service.route(
+                path, headers, body, route_policy=route_policy,
+                decision_id=decision_id, escalate_to=tier,
+            )  # fmt: skip
+        except RequestError:  # e.g. the client's limits rule that tier out: cascade instead
+            return None
 
 
 def _metadata_value(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> str | None:

@@ -159,3 +159,35 @@ def test_the_sidecar_counts_what_the_cascade_did(cascade_stack: LocalStack, tmp_
     assert 'inference_router_cascade_total{outcome="escalated"}' in metrics
     assert 'inference_router_cascade_total{outcome="accepted"}' in metrics
     assert "inference_router_cascade_check_seconds_bucket" in metrics
+
+
+def test_learning_from_outcomes_sends_a_similar_prompt_straight_to_the_tier_it_needed(
+    tmp_path: Path,
+) -> None:
+    memory = tmp_path / "cascade-memory.jsonl"
+    settings = tmp_path / "sidecar.yaml"
+    settings.write_text(
+        f"envoy_config: envoy.yaml\ncascade:\n  learn:\n    enabled: true\n    path: {memory}\n"
+    )
+    stack = start_stack(tmp_path / "stack", sidecar_args=("--config", str(settings)))
+    try:
+        control(stack, SMALL, shaky_share=1.0)  # every cheap answer is shaky
+        first = _ask(stack, "What would be a good name for a grey cat?")
+        assert first.headers["x-router-cascade"].endswith(">mid")
+        small_calls = _seen(stack, SMALL)
+        for similar in ("What would be a good name for a grey cat?",
+                        "What would be a good name for a gray cat?"):  # fmt: skip
+            again = _ask(stack, similar)
+            assert again.status_code == 200 and "x-router-cascade" not in again.headers
+            assert again.headers["x-router-route"] == "mid"
+            assert again.json()["model"] == MID_MODEL
+        assert _seen(stack, SMALL) == small_calls  # the cheap attempt was skipped
+        other = _ask(stack, "Summarise the rules of chess in two sentences.")
+        assert other.headers["x-router-cascade"].startswith("small(")  # not like it: cascades
+        stored = memory.read_text()
+        assert "cat" not in stored and "chess" not in stored  # vectors and tiers, no text
+        assert len(stored.splitlines()) == 1 + 2  # a header and the two escalations
+        metrics = httpx.get(f"http://127.0.0.1:{stack.ports.sidecar_admin}/metrics").text
+        assert 'inference_router_cascade_total{outcome="recalled"} 2.0' in metrics
+    finally:
+        stack.stop()

@@ -34,7 +34,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -323,11 +323,19 @@ def test_the_scrape_targets_serve_the_router_and_envoy_metrics(pod: Pod) -> None
     ), "Envoy's metrics do not count the request to sim-frontier"
 
 
-def _whole(spans: list[ReceivedSpan]) -> bool:
-    services = {s.service for s in spans}
-    return {"envoy", "inference-router"} <= services and any(
-        s.span.name == "router.decision" for s in spans
-    )
+def _whole_trace_of(decision_id: str) -> Callable[[list[ReceivedSpan]], bool]:
+    """True once a trace holds this request's decision span and its parent, Envoy's."""
+
+    def whole(spans: list[ReceivedSpan]) -> bool:
+        by_id = {s.span_id: s for s in spans}
+        return any(
+            s.span.name == "router.decision"
+            and s.attributes().get("router.decision_id") == decision_id
+            and getattr(by_id.get(s.parent_id), "service", None) == "envoy"
+            for s in spans
+        )
+
+    return whole
 
 
 def test_envoy_and_the_router_trace_to_the_jaeger_service(
@@ -337,8 +345,7 @@ def test_envoy_and_the_router_trace_to_the_jaeger_service(
     body = {"model": "auto", "messages": [{"role": "user", "content": "trace me"}]}
     reply = httpx.post(app_base_url(pod) + "/chat/completions", json=body, timeout=30)
     assert reply.status_code == 200, reply.text
-    spans = receiver.wait_for_trace(_whole, TRACE_DEADLINE_S)
+    decision_id = reply.headers["x-router-decision-id"]
+    spans = receiver.wait_for_trace(_whole_trace_of(decision_id), TRACE_DEADLINE_S)
     assert spans, f"no trace with Envoy's and the router's spans: {receiver.all_spans()[:5]}"
-    decision = next(s for s in spans if s.span.name == "router.decision")
-    parent = {s.span_id: s for s in spans}[decision.parent_id]
-    assert parent.service == "envoy"
+    assert {s.service for s in spans} >= {"envoy", "inference-router"}
