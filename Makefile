@@ -28,7 +28,8 @@ lint: install
 # bench-results/policies.json and .png); output_length: the length predictor on GSM8K;
 # tracing_cost: a decision with tracing off and on (100 % sampled), side by side;
 # side_by_side: what each hop adds to one simulator, beside LiteLLM's proxy (~1.5 min);
-# cascade_quality: the cascade's answer evaluator on GSM8K, AUC and cost/quality (~1 min).
+# cascade_quality: the cascade's answer evaluator on GSM8K, AUC and cost/quality (~1 min);
+# cascade_latency: what a cascade costs the client through Envoy, side by side (~1 min).
 bench: install litellm
 	@command -v hey >/dev/null || apt-get install -y -q hey >/dev/null 2>&1 || \
 		echo "hey is not installed: the end-to-end benchmark will be skipped"
@@ -39,6 +40,7 @@ bench: install litellm
 	$(PY) -m benchmarks.soak
 	$(PY) -m benchmarks.side_by_side
 	$(PY) -m benchmarks.cascade_quality
+	$(PY) -m benchmarks.cascade_latency
 
 # LiteLLM's proxy for the side-by-side benchmark, in a venv of its own: its pins must not
 # meet ours. Installed once (a no-op when present); without PyPI its rows are skipped.
