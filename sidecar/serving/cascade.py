@@ -19,7 +19,9 @@ How a cascade runs (README "Cascade" has the picture):
    headers and body. The client receives exactly one response.
 Bounds: `max_attempts` models per request and `budget_s` from the first decision; when
 either runs out, the best answer so far is returned (the cheap one, if the escalation
-failed). Requests that do not cascade pay nothing: Envoy sends no answer to the sidecar.
+failed). An attempt that may be escalated gets half the time left (Envoy's
+x-envoy-upstream-rq-timeout-ms), so a hung cheap provider cannot spend the whole budget.
+Requests that do not cascade pay nothing: Envoy sends no answer to the sidecar.
 With learning on (`cascade.learn`), each escalation is remembered (sidecar/cascade/
 memory.py), and `recall` sends a prompt like a remembered one straight to its tier.
 """
@@ -61,6 +63,12 @@ TICKET_HEADER = "x-router-escalation"
 # Response header: what the cascade did, e.g. `small(0.41)>frontier`.
 CASCADE_HEADER = "x-router-cascade"
 DECISION_HEADER = "x-router-decision-id"
+# Envoy's own per-request timeout header, set on an attempt that cascades (Envoy strips a
+# client's copy before any filter runs, so only the router's counts).
+TIMEOUT_HEADER = "x-envoy-upstream-rq-timeout-ms"
+# An attempt that may still be escalated gets at most this share of the time left, so a
+# hung cheap provider leaves the rest for the next tier instead of spending the budget.
+ATTEMPT_SHARE = 0.5
 _TICKET_VERSION = "v1"
 # Never forwarded on an escalation: hop-by-hop, framing, Envoy's and the router's own.
 _HOP_BY_HOP = frozenset(
@@ -327,6 +335,7 @@ class Cascade:
             sent["logprobs"] = True if path.split("?", 1)[0].endswith("/chat/completions") else 1
             forwarded, added = encode_body(sent), True
         now = self._clock()
+        deadline = ticket.deadline if ticket is not None else now + self.rules.budget_s
         self._pending[decision.decision_id] = Pending(
             payload=payload,
             path=path,
@@ -334,11 +343,13 @@ class Cascade:
             tier=decision.tier,
             next_tier=plan.next_tier,
             attempt=ticket.attempt if ticket is not None else 1,
-            deadline=ticket.deadline if ticket is not None else now + self.rules.budget_s,
+            deadline=deadline,
             added_logprobs=added,
             vector=vector,
         )
-        return Prepared(set_headers=((CHECK_HEADER, "1"),), body=forwarded if added else None)
+        attempt_ms = max(1, int((deadline - now) * ATTEMPT_SHARE * 1000))
+        headers_to_set = ((CHECK_HEADER, "1"), (TIMEOUT_HEADER, str(attempt_ms)))
+        return Prepared(set_headers=headers_to_set, body=forwarded if added else None)
 
     # --- the answer-holding filter: the response ---------------------------------------
 

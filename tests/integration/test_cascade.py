@@ -12,6 +12,7 @@ logs, Envoy's per-cluster stats and the client's headers.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -190,4 +191,24 @@ def test_learning_from_outcomes_sends_a_similar_prompt_straight_to_the_tier_it_n
         metrics = httpx.get(f"http://127.0.0.1:{stack.ports.sidecar_admin}/metrics").text
         assert 'inference_router_cascade_total{outcome="recalled"} 2.0' in metrics
     finally:
+        stack.stop()
+
+
+def test_a_hung_cheap_provider_leaves_half_the_budget_for_the_escalation(tmp_path: Path) -> None:
+    settings = tmp_path / "sidecar.yaml"
+    settings.write_text("envoy_config: envoy.yaml\ncascade:\n  budget_s: 4\n")
+    stack = start_stack(
+        tmp_path / "stack", sidecar_args=("--no-semantic", "--config", str(settings))
+    )
+    try:
+        control(stack, SMALL, stall=True)
+        started = time.monotonic()
+        reply = _ask(stack, "Cascade check: the cheap provider hangs")
+        elapsed = time.monotonic() - started
+        print(f"\nhung sim-small: escalated answer after {elapsed:.2f}s (budget 4 s)")
+        assert reply.status_code == 200, reply.text
+        assert reply.headers["x-router-cascade"] == "small(0.00)>mid"
+        assert 2.0 <= elapsed < 3.5  # half the budget for the cheap attempt, then mid's time
+    finally:
+        control(stack, SMALL, stall=False)
         stack.stop()
