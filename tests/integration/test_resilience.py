@@ -241,15 +241,13 @@ def test_a_hung_provider_holds_no_client_past_the_timeout(
         # New requests while it hangs: no answer at all. Asked for by name, so no cascade
         # steps in: Envoy's timeouts are what the client sees.
         named = {**BODY, "model": stack.catalogue.provider("sim-small").model}
-        with ThreadPoolExecutor(5) as pool:
+        # (A cascading request, router:cost, escalates instead: test_cascade.py.)
+        with ThreadPoolExecutor(4) as pool:
             started = time.monotonic()
             plain = [pool.submit(_timed_post, stack, named, cost) for _ in range(3)]
             streamed = pool.submit(_timed_post, stack, {**named, "stream": True}, cost)
-            # A cascading request (router:cost) escalates the timed-out attempt instead.
-            cascaded = pool.submit(_timed_post, stack, {**BODY, "model": "router:cost"}, {})
             results = [future.result(timeout=60) for future in plain]
             stream_status, stream_s, stream_body = streamed.result(timeout=60)
-            cascade_status, cascade_s, cascade_body = cascaded.result(timeout=60)
         print(
             f"\nhung sim-small: a stream in flight was cut {stream_cut_s:.2f}s after the stall "
             f"(idle limit {STREAM_IDLE_S}s); new requests got "
@@ -263,8 +261,6 @@ def test_a_hung_provider_holds_no_client_past_the_timeout(
             assert REQUEST_TIMEOUT_S - 0.5 <= elapsed < REQUEST_TIMEOUT_S + SLACK_S
         assert stream_status == 504 and stream_s < STREAM_IDLE_S + SLACK_S
         assert stream_body["error"]["code"] == "stream_idle_timeout"
-        assert cascade_status == 200 and cascade_body["model"] != named["model"]
-        assert REQUEST_TIMEOUT_S - 0.5 <= cascade_s < REQUEST_TIMEOUT_S + SLACK_S + 1
 
         # Three timeouts in a row: outlier detection ejects it (its /health still answers),
         # and the sidecar sends small-tier requests to the nearest live tier instead.
