@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -11,6 +12,8 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
 
+from sidecar.cascade.evaluator import AnswerEvaluator
+from sidecar.core.cascade import CascadeRules, EvaluatorConfig
 from sidecar.core.decision import ProviderSnapshot
 from sidecar.devstack.extproc_client import (
     body_message,
@@ -19,9 +22,15 @@ from sidecar.devstack.extproc_client import (
     exchange,
     headers_message,
 )
+from sidecar.serving.cascade import TICKET_HEADER, Cascade, Ticket, TicketSigner
 from sidecar.serving.extproc import ExternalProcessor
 from sidecar.serving.metrics import RouterMetrics
-from sidecar.serving.service import POLICY_HEADER, ROUTE_POLICY_METADATA, RoutingService
+from sidecar.serving.service import (
+    POLICY_HEADER,
+    ROUTE_CASCADE_METADATA,
+    ROUTE_POLICY_METADATA,
+    RoutingService,
+)
 from tests.fakes import TWO_TIER_CATALOGUE, TWO_TIER_TABLE
 
 
@@ -238,3 +247,50 @@ async def test_a_big_body_asks_envoy_for_more_time_then_is_decided() -> None:
     assert rewritten["messages"] == big["messages"]
     assert len(small_replies) == 2  # a small body needs no extension
     assert sent == ["tiny", "tiny"]
+
+
+async def test_the_cascade_marks_its_requests_and_honours_only_its_own_tickets() -> None:
+    signer = TicketSigner()
+    cascade = Cascade(
+        signer=signer,
+        rules=CascadeRules(),
+        table=TWO_TIER_TABLE,
+        catalogue=TWO_TIER_CATALOGUE,
+        judge=AnswerEvaluator(EvaluatorConfig()),
+        threshold=0.5,
+        envoy_url="http://127.0.0.1:1",
+    )
+    service = RoutingService(
+        table=TWO_TIER_TABLE, catalogue=TWO_TIER_CATALOGUE, snapshot=ProviderSnapshot
+    )
+    server = grpc.aio.server()
+    processor = ExternalProcessor(service, RouterMetrics(), cascade=cascade)
+    ext_grpc.add_ExternalProcessorServicer_to_server(processor, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = ext_grpc.ExternalProcessorStub(channel)
+            # Balanced does not cascade, unless the Envoy route opts in.
+            plain = decision_headers((await exchange(stub, chat_request("hi")))[1])
+            assert "x-router-cascade-check" not in plain
+            opted = await exchange(
+                stub, chat_request("hi"), metadata=((ROUTE_CASCADE_METADATA, "true"),)
+            )
+            headers = decision_headers(opted[1])
+            assert headers["x-router-cascade-check"] == "1"
+            assert headers["x-router-upstream"] == "tiny"
+            assert int(headers["x-envoy-upstream-rq-timeout-ms"]) == 15_000
+            # A ticket this process signed: decided on that tier, no further cascade; the
+            # ticket header never goes on to the provider. A forged one changes nothing.
+            signed = signer.sign(Ticket("frontier", 2, deadline=time.time() + 30))
+            for value, upstream in ((signed, "big"), ("v1.forged.mac", "tiny")):
+                messages = chat_request("hi", model="router:cost", headers={TICKET_HEADER: value})
+                reply = (await exchange(stub, messages))[1]
+                assert decision_headers(reply)["x-router-upstream"] == upstream
+                removed = reply.request_body.response.header_mutation.remove_headers
+                assert list(removed) == [TICKET_HEADER]
+            assert cascade.stats.outcomes["ticket_refused"] == 1
+    finally:
+        await cascade.close()
+        await server.stop(0)
