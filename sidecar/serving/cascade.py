@@ -383,11 +383,17 @@ class Cascade:
             Escalation(pending, step, status, dict(headers), body, left, strip_logprobs=strip),
         )
 
-    async def escalate(self, escalation: Escalation) -> Reply:
-        """Send the request on to the next tier through Envoy; the best answer wins."""
+    async def escalate(
+        self, escalation: Escalation, trace: Mapping[str, str] | None = None
+    ) -> Reply:
+        """Send the request on to the next tier through Envoy; the best answer wins.
+
+        `trace`: Envoy's W3C trace headers for the held answer, so the escalation joins
+        the client request's trace.
+        """
         pending = escalation.pending
         ticket = Ticket(pending.next_tier, pending.attempt + 1, pending.deadline)
-        headers = {**pending.headers, TICKET_HEADER: self._signer.sign(ticket)}
+        headers = {**pending.headers, **(trace or {}), TICKET_HEADER: self._signer.sign(ticket)}
         timeout = aiohttp.ClientTimeout(total=max(0.001, escalation.seconds_left))
         try:
             async with self._session().post(

@@ -37,6 +37,7 @@ _EMPTY_BODY = ext.ProcessingResponse(response_body=ext.BodyResponse())
 # Escalations take as long as the next model does; Envoy allows up to the filter's
 # max_message_timeout, which must be above the cascade's budget_s (checked at start).
 _MARGIN_S = 1.0
+_TRACE_METADATA = ("traceparent", "tracestate")
 
 
 def _flatten(header_map: base_pb2.HeaderMap) -> dict[str, str]:
@@ -88,6 +89,13 @@ class CascadeFilter:
     async def serve(self, context: Stream) -> None:
         """One held answer's messages: headers, then the buffered body."""
         status, headers = 0, {}
+        # Envoy's trace context for this answer (when it traces): an escalation carries it,
+        # so the second request joins the client request's trace.
+        trace = {
+            name: value.decode() if isinstance(value, bytes) else value
+            for name, value in context.invocation_metadata() or ()
+            if name in _TRACE_METADATA
+        }
         while (message := await context.read()) is not grpc.aio.EOF:
             phase = message.WhichOneof("request")
             if phase == "response_headers":
@@ -95,7 +103,7 @@ class CascadeFilter:
                 status = int(headers.get(":status", "0") or 0)
                 await context.write(_CONTINUE)
             elif phase == "response_body":
-                await self._judge(context, status, headers, message.response_body.body)
+                await self._judge(context, status, headers, message.response_body.body, trace)
             elif phase == "response_trailers":
                 await context.write(
                     ext.ProcessingResponse(response_trailers=ext.TrailersResponse())
@@ -104,7 +112,12 @@ class CascadeFilter:
                 await context.write(ext.ProcessingResponse(response_body=ext.BodyResponse()))
 
     async def _judge(
-        self, context: Stream, status: int, headers: dict[str, str], body: bytes
+        self,
+        context: Stream,
+        status: int,
+        headers: dict[str, str],
+        body: bytes,
+        trace: dict[str, str],
     ) -> None:
         try:
             started = time.perf_counter()
@@ -115,7 +128,7 @@ class CascadeFilter:
                 return
             wait = min(self._max_wait_s, check.escalation.seconds_left + _MARGIN_S)
             await context.write(wait_longer(wait))
-            reply = await self._cascade.escalate(check.escalation)
+            reply = await self._cascade.escalate(check.escalation, trace)
         except Exception:
             # A bug must not cost the client its answer: return it as it is.
             log.exception("cascade: judging an answer failed; returning it unchanged")

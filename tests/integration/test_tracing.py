@@ -123,6 +123,38 @@ def test_one_request_is_one_trace_from_envoy_through_the_decision(
         assert SECRET not in text, f"{span.span.name} holds the API key"
 
 
+def test_an_escalation_joins_the_client_requests_trace(
+    traced_stack: LocalStack, receiver: tuple[TraceReceiver, int]
+) -> None:
+    collector, _ = receiver
+    small = f"http://127.0.0.1:{traced_stack.ports.providers['sim-small']}/sim/control"
+    httpx.put(small, json={"shaky_share": 1.0}, timeout=5).raise_for_status()
+    body = {
+        "model": "router:cost",
+        "max_tokens": 20,
+        "messages": [{"role": "user", "content": "an answer the cheap model is unsure of"}],
+    }
+    reply = httpx.post(traced_stack.base_url + "/v1/chat/completions", json=body, timeout=30)
+    assert reply.status_code == 200 and ">" in reply.headers["x-router-cascade"], reply.headers
+
+    def escalated(spans: Sequence[ReceivedSpan]) -> bool:
+        decisions = [s for s in spans if s.span.name == "router.decision"]
+        roots = [s for s in spans if s.service == "envoy" and not s.parent_id]
+        return (
+            len(decisions) == 2
+            and len(roots) == 1
+            and len([s for s in spans if _is_provider_call(s)]) == 2
+        )
+
+    spans = collector.wait_for_trace(escalated, ARRIVAL_DEADLINE_S)
+    assert spans, f"no trace holds both attempts: {_names(collector.all_spans())}"
+    print("\n" + render_tree(spans))
+    clusters = sorted(
+        str(s.attributes().get("upstream_cluster")) for s in spans if _is_provider_call(s)
+    )
+    assert clusters[1] == "sim-small" and clusters[0].startswith("sim-mid"), clusters
+
+
 def _all_text(received: ReceivedSpan) -> str:
     span = received.span
     parts = [span.name, repr(received.attributes()), span.status.message]
