@@ -75,6 +75,7 @@ _HOP_BY_HOP = frozenset(
     {
         "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade",
         "content-length", "host", "expect", "traceparent", "tracestate", "x-request-id",
+        "accept-encoding",
     }
 )  # fmt: skip
 # Kept from the cheap answer when the stronger one replaces it (Envoy's own).
@@ -348,7 +349,13 @@ class Cascade:
             vector=vector,
         )
         attempt_ms = max(1, int((deadline - now) * ATTEMPT_SHARE * 1000))
-        headers_to_set = ((CHECK_HEADER, "1"), (TIMEOUT_HEADER, str(attempt_ms)))
+        headers_to_set = (
+            (CHECK_HEADER, "1"),
+            (TIMEOUT_HEADER, str(attempt_ms)),
+            # The evaluator reads the answer: ask for it uncompressed (any client accepts
+            # identity; a gzip body would read as unreadable and always escalate).
+            ("accept-encoding", "identity"),
+        )
         return Prepared(set_headers=headers_to_set, body=forwarded if added else None)
 
     # --- the answer-holding filter: the response ---------------------------------------
@@ -416,6 +423,8 @@ class Cascade:
             self._memory.remember(pending.vector, pending.next_tier)
         inner = answer_headers.get(CASCADE_HEADER) or pending.next_tier
         lowered = {name.lower(): value for name, value in answer_headers.items()}
+        # aiohttp has already decoded a compressed answer: the body goes back plain.
+        lowered.pop("content-encoding", None)
         removed = tuple(
             name
             for name in (n.lower() for n in escalation.answer_headers)

@@ -168,16 +168,21 @@ class FakeEnvoy:
     status: int = 200
     seen: list[tuple[dict[str, str], dict[str, object]]] = field(default_factory=list)
     clients: list[Cascade] = field(default_factory=list)
+    compressed: bool = False
 
     async def handle(self, request: web.Request) -> web.Response:
         headers = {name.lower(): value for name, value in request.headers.items()}
         self.seen.append((headers, json.loads(await request.read())))
-        return web.Response(
+        reply = web.Response(
             status=self.status,
             body=_answer("strong answer"),
             content_type="application/json",
             headers={"x-router-upstream": "middle", "x-sim-name": "middle"},
         )
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            reply.enable_compression(web.ContentCoding.gzip)  # as OpenAI does
+            self.compressed = True
+        return reply
 
 
 @pytest.fixture
@@ -235,6 +240,7 @@ def _prepared(cascade: Cascade, decision: Decision | None = None) -> bytes | Non
     assert prepared.set_headers == (
         (CHECK_HEADER, "1"),
         ("x-envoy-upstream-rq-timeout-ms", "15000"),
+        ("accept-encoding", "identity"),  # the evaluator reads the answer
     )
     return prepared.body
 
@@ -266,8 +272,9 @@ async def test_a_shaky_answer_is_replaced_by_the_next_tiers_through_envoy(
     check = await cascade.check(200, cheap_headers, _answer("maybe"))
     assert check.reply is None and check.escalation is not None
     reply = await cascade.escalate(check.escalation)
-    assert reply.status == 200 and reply.body == _answer("strong answer")
+    assert reply.status == 200 and reply.body == _answer("strong answer")  # decoded
     headers = dict(reply.set_headers)
+    assert envoy.compressed and "content-encoding" not in headers
     assert headers[CASCADE_HEADER] == "small(0.20)>mid"
     assert headers["x-router-upstream"] == "middle" and headers["x-sim-name"] == "middle"
     assert "x-cheap-only" in reply.remove_headers
@@ -277,6 +284,7 @@ async def test_a_shaky_answer_is_replaced_by_the_next_tiers_through_envoy(
     assert sent_headers["authorization"] == "Bearer client-key"
     assert sent_headers["x-router-policy"] == "cost"
     assert not any(name.lower().startswith("x-envoy-") for name in sent_headers)
+    assert "identity" not in sent_headers.get("accept-encoding", "")  # not the client's
     ticket = cascade.ticket({TICKET_HEADER: sent_headers[TICKET_HEADER]})
     assert ticket == Ticket("mid", 2, deadline=1030.0)
     assert cascade.stats.outcomes == {"escalated": 1}
