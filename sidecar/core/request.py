@@ -65,8 +65,9 @@ def bound_routing_text(text: str) -> str:
         text = f"{text[:ROUTING_TEXT_HEAD_CHARS]} … {text[-ROUTING_TEXT_TAIL_CHARS:]}"
     # Control and format characters (NUL, zero-width, bidi overrides) carry no meaning
     # for routing and only confuse the tokeniser; whitespace runs become one space.
-    printable = "".join(ch if ch.isprintable() else " " for ch in text)
-    return " ".join(printable.split())
+    if not text.isprintable():  # rare: the per-character pass only when it changes something
+        text = "".join(ch if ch.isprintable() else " " for ch in text)
+    return " ".join(text.split())
 
 
 def parse_request(endpoint: Endpoint, body: Mapping[str, object]) -> RequestFacts:
