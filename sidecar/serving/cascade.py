@@ -49,6 +49,7 @@ from sidecar.core.cascade import CascadePlan, CascadeRules, plan_cascade
 from sidecar.core.catalogue import Catalogue
 from sidecar.core.decision import RoutingTable
 from sidecar.core.policy import Intent
+from sidecar.core.request import Endpoint
 from sidecar.errors import RouterError
 from sidecar.serving.body import decode_body, encode_body
 from sidecar.serving.service import Routed
@@ -312,33 +313,33 @@ class Cascade:
         plan: CascadePlan,
         path: str,
         headers: Mapping[str, str],
-        body: bytes,
         ticket: Ticket | None,
         vector: npt.NDArray[np.float32] | None = None,
     ) -> Prepared | None:
         """Remember what an escalation will need; None when nothing may be held back now."""
-        if plan.next_tier is None:
+        payload, facts = routed.payload, routed.facts
+        if plan.next_tier is None or payload is None or facts is None:
             return None
         self._expire()
         if len(self._pending) >= self._max_pending:
             self.stats.count("skipped_full")
-            return None
-        try:
-            payload = decode_body(body)
-        except RouterError:
             return None
         decision = routed.decision
         forwarded = routed.body
         added = False
         provider = self._catalogue.provider(decision.upstream)
         if self._ask_logprobs and provider.logprobs and "logprobs" not in payload:
-            sent = decode_body(forwarded) if forwarded is not None else dict(payload)
-            sent["logprobs"] = True if path.split("?", 1)[0].endswith("/chat/completions") else 1
+            # What the service forwards (the client's body, `model` maybe rewritten), and
+            # logprobs: a flag in chat, a count of top candidates in completions.
+            sent = (
+                {**payload, "model": decision.model} if decision.model_rewritten else dict(payload)
+            )
+            sent["logprobs"] = True if facts.endpoint is Endpoint.CHAT else 1
             forwarded, added = encode_body(sent), True
         now = self._clock()
         deadline = ticket.deadline if ticket is not None else now + self.rules.budget_s
         self._pending[decision.decision_id] = Pending(
-            payload=payload,
+            payload=dict(payload),
             path=path,
             headers=_forwardable(headers),
             tier=decision.tier,

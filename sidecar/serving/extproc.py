@@ -322,7 +322,7 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
                     if span is not None and span.is_recording():
                         span.set_attribute("router.cascade", f"remembered: {recalled}")
                 else:
-                    prepared = cascade.prepare(routed, plan, path, headers, body, ticket, vector)
+                    prepared = cascade.prepare(routed, plan, path, headers, ticket, vector)
         self._metrics.decided(routed.decision, outcome, time.perf_counter() - started)
         removed = (TICKET_HEADER,) if TICKET_HEADER in headers else ()
         return decision_response(routed, len(body), prepared, removed)

@@ -61,7 +61,8 @@ class Classifier(Protocol):
 class Routed:
     """A decision, the classifier's verdict behind it, and the body to forward.
 
-    `body` is None when the body goes on unchanged; `facts` is None for a fallback.
+    `body` is None when the body goes on unchanged; `facts`, `intent` and `payload` (the
+    client's decoded body, for a cascade's escalation) are None for a fallback.
     """
 
     decision: Decision
@@ -69,6 +70,7 @@ class Routed:
     body: bytes | None
     facts: RequestFacts | None = None
     intent: Intent | None = None
+    payload: Mapping[str, object] | None = None
 
 
 class RoutingService:
@@ -205,7 +207,14 @@ class RoutingService:
                 "decision %s: %s -> %s (%s)",
                 decision.decision_id, decision.route, decision.upstream, decision.reason,
             )  # fmt: skip
-        return Routed(decision=decision, verdict=verdict, body=new_body, facts=facts, intent=intent)
+        return Routed(
+            decision=decision,
+            verdict=verdict,
+            body=new_body,
+            facts=facts,
+            intent=intent,
+            payload=payload,
+        )
 
     def fallback(self, body: bytes, decision_id: str) -> Routed:
         """The default policy's decision, for a request whose routing failed unexpectedly.

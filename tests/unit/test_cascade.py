@@ -231,10 +231,11 @@ CLIENT_HEADERS = {
 def _prepared(cascade: Cascade, decision: Decision | None = None) -> bytes | None:
     decision = decision or _decision()
     rewritten = json.dumps({**json.loads(CLIENT_BODY), "model": decision.model}).encode()
-    routed = Routed(decision=decision, verdict=None, body=rewritten, facts=FACTS)
+    payload = json.loads(CLIENT_BODY)
+    routed = Routed(decision=decision, verdict=None, body=rewritten, facts=FACTS, payload=payload)
     plan = cascade.plan(routed, COST, None, route_opted_in=False)
     assert plan is not None and plan.next_tier == "mid"
-    prepared = cascade.prepare(routed, plan, CHAT, CLIENT_HEADERS, CLIENT_BODY.encode(), None)
+    prepared = cascade.prepare(routed, plan, CHAT, CLIENT_HEADERS, None)
     assert prepared is not None
     # The cheap attempt may use half the budget (30 s): a hung provider leaves the rest.
     assert prepared.set_headers == (
@@ -329,8 +330,11 @@ async def test_a_full_table_of_pending_answers_turns_cascading_off_for_new_reque
 ) -> None:
     cascade = _cascade(envoy, Clock(), max_pending=1)
     _prepared(cascade)
-    routed = Routed(decision=_decision(decision_id="d2"), verdict=None, body=None, facts=FACTS)
+    payload = json.loads(CLIENT_BODY)
+    routed = Routed(
+        decision=_decision(decision_id="d2"), verdict=None, body=None, facts=FACTS, payload=payload
+    )
     plan = cascade.plan(routed, COST, None, route_opted_in=False)
     assert plan is not None
-    assert cascade.prepare(routed, plan, CHAT, CLIENT_HEADERS, CLIENT_BODY.encode(), None) is None
+    assert cascade.prepare(routed, plan, CHAT, CLIENT_HEADERS, None) is None
     assert cascade.stats.outcomes == {"skipped_full": 1}
