@@ -17,10 +17,11 @@ import time
 from collections.abc import Callable
 
 import grpc
-from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 
 from sidecar.serving.cascade import Cascade, Reply
+from sidecar.serving.envoy_headers import headers_to_dict, set_header
+from sidecar.serving.tracing import TRACE_HEADERS
 
 log = logging.getLogger(__name__)
 
@@ -30,21 +31,12 @@ Stream = grpc.aio.ServicerContext[ext.ProcessingRequest, ext.ProcessingResponse]
 FILTER_METADATA = "x-router-filter"
 CASCADE_FILTER = "cascade"
 
-_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _CONTINUE = ext.ProcessingResponse(response_headers=ext.HeadersResponse())
 _TRAILERS = ext.ProcessingResponse(response_trailers=ext.TrailersResponse())
 _EMPTY_BODY = ext.ProcessingResponse(response_body=ext.BodyResponse())
 # Escalations take as long as the next model does; Envoy allows up to the filter's
 # max_message_timeout, which must be above the cascade's budget_s (checked at start).
 _MARGIN_S = 1.0
-_TRACE_METADATA = ("traceparent", "tracestate")
-
-
-def _flatten(header_map: base_pb2.HeaderMap) -> dict[str, str]:
-    return {
-        h.key.lower(): h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
-        for h in header_map.headers
-    }
 
 
 def reply_response(reply: Reply) -> ext.ProcessingResponse:
@@ -53,13 +45,8 @@ def reply_response(reply: Reply) -> ext.ProcessingResponse:
     sets = list(reply.set_headers)
     if reply.status is not None:
         sets.append((":status", str(reply.status)))
-    common.header_mutation.set_headers.extend(
-        base_pb2.HeaderValueOption(
-            header=base_pb2.HeaderValue(key=name, raw_value=value.encode()),
-            append_action=_OVERWRITE,
-        )
-        for name, value in sets
-    )
+    for name, value in sets:
+        set_header(common.header_mutation.set_headers, name, value)
     common.header_mutation.remove_headers.extend(reply.remove_headers)
     if reply.body is not None:
         common.body_mutation.body = reply.body
@@ -94,12 +81,12 @@ class CascadeFilter:
         trace = {
             name: value.decode() if isinstance(value, bytes) else value
             for name, value in context.invocation_metadata() or ()
-            if name in _TRACE_METADATA
+            if name in TRACE_HEADERS
         }
         while (message := await context.read()) is not grpc.aio.EOF:
             phase = message.WhichOneof("request")
             if phase == "response_headers":
-                headers = _flatten(message.response_headers.headers)
+                headers = headers_to_dict(message.response_headers.headers)
                 status = int(headers.get(":status", "0") or 0)
                 await context.write(_CONTINUE)
             elif phase == "response_body":

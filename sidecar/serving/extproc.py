@@ -22,7 +22,6 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
 from envoy.type.v3 import http_status_pb2
-from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from opentelemetry.trace import Span
 
 from sidecar.core.request import MODELS_PATH, endpoint_for_path
@@ -31,6 +30,7 @@ from sidecar.errors import RequestError
 from sidecar.serving.body import BIG_BODY_BYTES
 from sidecar.serving.cascade import TICKET_HEADER, Cascade, Prepared
 from sidecar.serving.cascade_filter import CASCADE_FILTER, FILTER_METADATA, CascadeFilter
+from sidecar.serving.envoy_headers import OVERWRITE, headers_to_dict, set_header
 from sidecar.serving.metrics import RouterMetrics
 from sidecar.serving.service import (
     ROUTE_CASCADE_METADATA,
@@ -51,34 +51,11 @@ ROUTE_HEADER = "x-router-route"
 DECISION_HEADER = "x-router-decision-id"
 MODEL_HEADER = "x-router-model"
 
-_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-
 
 def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
-    # raw_value, not value: Envoy 1.40 sends an empty header for `value` here.
     return base_pb2.HeaderValueOption(
-        header=base_pb2.HeaderValue(key=name, raw_value=value.encode()),
-        append_action=_OVERWRITE,
+        header=base_pb2.HeaderValue(key=name, raw_value=value.encode()), append_action=OVERWRITE
     )
-
-
-def _set_header(
-    headers: RepeatedCompositeFieldContainer[base_pb2.HeaderValueOption], name: str, value: str
-) -> None:
-    # Built in place: nested constructors copy every sub-message (7 µs against 18 µs for
-    # a decision's five headers).
-    option = headers.add(append_action=_OVERWRITE)
-    option.header.key = name
-    option.header.raw_value = value.encode()
-
-
-def headers_to_dict(header_map: base_pb2.HeaderMap) -> dict[str, str]:
-    """Flatten Envoy's header map to lower-case names (later duplicates win)."""
-    result: dict[str, str] = {}
-    for header in header_map.headers:
-        value = header.raw_value.decode("utf-8", "replace") if header.raw_value else header.value
-        result[header.key.lower()] = value
-    return result
 
 
 def decision_response(
@@ -97,20 +74,20 @@ def decision_response(
     common = response.request_body.response
     common.clear_route_cache = True
     headers = common.header_mutation.set_headers
-    _set_header(headers, UPSTREAM_HEADER, decision.upstream)
-    _set_header(headers, ROUTE_HEADER, decision.route)
-    _set_header(headers, DECISION_HEADER, decision.decision_id)
-    _set_header(headers, MODEL_HEADER, decision.model)
+    set_header(headers, UPSTREAM_HEADER, decision.upstream)
+    set_header(headers, ROUTE_HEADER, decision.route)
+    set_header(headers, DECISION_HEADER, decision.decision_id)
+    set_header(headers, MODEL_HEADER, decision.model)
     body = routed.body
     if cascade is not None:
         for name, value in cascade.set_headers:
-            _set_header(headers, name, value)
+            set_header(headers, name, value)
         body = cascade.body if cascade.body is not None else body
     if body is not None:
-        _set_header(headers, "content-length", str(len(body)))
+        set_header(headers, "content-length", str(len(body)))
         common.body_mutation.body = body
     elif original_length:
-        _set_header(headers, "content-length", str(original_length))
+        set_header(headers, "content-length", str(original_length))
     common.header_mutation.remove_headers.extend(remove_headers)
     return response
 

@@ -58,7 +58,8 @@ CAPTURE_CONTENT_VARIABLE = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 # Spans carry this many nearest neighbours; the vote may use more (k).
 TOP_NEIGHBOURS = 5
 _ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-_TRACE_HEADERS = ("traceparent", "tracestate")
+# The W3C trace headers: in the ext_proc streams' gRPC metadata, and on a cascade's escalation.
+TRACE_HEADERS = ("traceparent", "tracestate")
 _PROPAGATOR = TraceContextTextMapPropagator()
 _OPERATIONS = {Endpoint.CHAT: "chat", Endpoint.COMPLETIONS: "text_completion"}
 
@@ -134,7 +135,7 @@ def parent_context(metadata: Iterable[tuple[str, str | bytes]] | None) -> Contex
     """The trace context Envoy put in the gRPC metadata (an empty one when there is none)."""
     carrier: dict[str, str] = {}
     for name, value in metadata or ():
-        if name in _TRACE_HEADERS:
+        if name in TRACE_HEADERS:
             carrier[name] = value.decode("ascii", "replace") if isinstance(value, bytes) else value
     return _PROPAGATOR.extract(carrier)
 
