@@ -33,6 +33,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.metrics import scrape, sum_by_label
+from benchmarks.soak import histogram_quantile
 from sidecar.config.envoy import load_catalogue
 from sidecar.devstack.stack import LocalStack, StackPorts
 from sidecar.simulator.answer import is_shaky
@@ -64,14 +65,6 @@ def _quantiles(values: list[float]) -> dict[str, float]:
     }
 
 
-def _check_quantile(buckets: dict[str, float], q: float) -> float | None:
-    total = buckets.get("+Inf", 0.0)
-    for bound, cumulative in sorted((float(k), v) for k, v in buckets.items() if k != "+Inf"):
-        if total and cumulative >= q * total:
-            return bound * 1000
-    return None
-
-
 def run() -> dict[str, object]:
     """The four paths, interleaved; medians and p99 per path, and the judging time."""
     config = ROOT / "envoy" / "local.yaml"
@@ -92,7 +85,8 @@ def run() -> dict[str, object]:
             timings = _drive(stack, small.model, mid.model)
             admin = f"http://127.0.0.1:{stack.ports.sidecar_admin}/metrics"
             samples = scrape(admin)
-            buckets = sum_by_label(samples, "inference_router_cascade_check_seconds_bucket", "le")
+            bounds = sum_by_label(samples, "inference_router_cascade_check_seconds_bucket", "le")
+            buckets = {f"le={bound}": count for bound, count in bounds.items()}
             outcomes = sum_by_label(samples, "inference_router_cascade_total", "outcome")
         finally:
             stack.stop()
@@ -106,8 +100,8 @@ def run() -> dict[str, object]:
         "paths": rows,
         "kept_adds_p50_ms": round(kept, 1),
         "escalation_overhead_p50_ms": round(overhead, 1),
-        "judging_p50_ms_at_most": _check_quantile(buckets, 0.5),
-        "judging_p99_ms_at_most": _check_quantile(buckets, 0.99),
+        "judging_p50_ms_at_most": histogram_quantile(buckets, 0.5),
+        "judging_p99_ms_at_most": histogram_quantile(buckets, 0.99),
         "outcomes": outcomes,
     }
     print(f"\ncascade latency through Envoy, {ROUNDS} rounds, max_tokens 40, one client:")

@@ -44,7 +44,7 @@ import pytest
 import yaml
 
 from sidecar.config.envoy import catalogue_from_envoy_config
-from sidecar.devstack.processes import grpc_serving, terminate
+from sidecar.devstack.processes import grpc_serving, http_ok, terminate
 from sidecar.devstack.stack import StackPorts, envoy_binary, render_config
 from tests.integration.conftest import seconds_until
 from tests.integration.kube import ROOT, Manifest, as_list, find, get_in, pod_spec, render
@@ -240,7 +240,7 @@ def pod(
             running.start(name)
         for provider in catalogue.providers:
             health = f"http://127.0.0.1:{running.ports.providers[provider.cluster]}/health"
-            seconds_until(partial(_ok, health), provider.cluster, 30)
+            seconds_until(partial(http_ok, health), provider.cluster, 30)
         yield running
     finally:
         running.stop()
@@ -270,16 +270,9 @@ def start_envoy(pod: Pod) -> None:
 
     def serving() -> bool:
         assert process.poll() is None, f"Envoy exited: {pod.log('envoy')}"
-        return _ok(ready)
+        return http_ok(ready)
 
     seconds_until(serving, "Envoy's /ready", 30)
-
-
-def _ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def app_base_url(pod: Pod) -> str:
