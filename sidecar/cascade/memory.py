@@ -112,13 +112,7 @@ class CascadeMemory:
         )
         if not path.exists():
             return memory
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-            header = json.loads(lines[0]) if lines else {}
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise IndexLoadError(f"{path}: not a readable cascade memory: {exc}") from exc
-        if not isinstance(header, dict) or header.get("format") != MEMORY_FORMAT:
-            raise IndexLoadError(f"{path}: not a {MEMORY_FORMAT} file")
+        header, lines = _read(path)
         if header.get("embedder") != fingerprint or header.get("dim") != dim:
             raise IndexLoadError(
                 f"{path}: written with another embedder; its vectors mean nothing to this one "
@@ -144,15 +138,21 @@ def forget(path: Path) -> int:
     """Empty the memory file, keeping its header; returns how many entries were dropped."""
     if not path.exists():
         return 0
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    try:
-        header = json.loads(lines[0]) if lines else {}
-    except json.JSONDecodeError:
-        header = {}
-    if not isinstance(header, dict) or header.get("format") != MEMORY_FORMAT:
-        raise IndexLoadError(f"{path}: not a {MEMORY_FORMAT} file; not touched")
+    _, lines = _read(path)  # refuses (and leaves alone) a file that is not a memory
     write_text_atomically(path, lines[0] + "\n")
     return len(lines) - 1
+
+
+def _read(path: Path) -> tuple[dict[str, object], list[str]]:
+    """A memory file's header and lines (the header first); IndexLoadError if it is not one."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        header = json.loads(lines[0]) if lines else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IndexLoadError(f"{path}: not a readable cascade memory: {exc}") from exc
+    if not isinstance(header, dict) or header.get("format") != MEMORY_FORMAT:
+        raise IndexLoadError(f"{path}: not a {MEMORY_FORMAT} file")
+    return header, lines
 
 
 def _header(fingerprint: str, dim: int) -> str:
