@@ -28,7 +28,7 @@ from sidecar.core.request import MODELS_PATH, endpoint_for_path
 from sidecar.core.vote import FAILED, SHED, STAGE_STATIC
 from sidecar.errors import RequestError
 from sidecar.serving.body import BIG_BODY_BYTES
-from sidecar.serving.cascade import TICKET_HEADER, Cascade, Prepared
+from sidecar.serving.cascade import TICKET_HEADER, Cascade, Prepared, Ticket
 from sidecar.serving.cascade_filter import CASCADE_FILTER, FILTER_METADATA, CascadeFilter
 from sidecar.serving.envoy_headers import OVERWRITE, headers_to_dict, set_header
 from sidecar.serving.metrics import RouterMetrics
@@ -283,44 +283,49 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
             capture = self._tracer.capture_content
             span.set_attributes(decision_attributes(routed, outcome, capture_content=capture))
         prepared = None
-        if cascade is not None and routed.intent is not None:
-            plan = cascade.plan(routed, routed.intent, ticket, route_cascades)
-            if plan is not None and span is not None and span.is_recording():
-                span.set_attribute("router.cascade", plan.why)
-            if plan is not None and plan.cascades:
-                recalled, vector = await cascade.recall(routed)
-                remembered = None
-                if recalled is not None:  # a similar prompt needed that tier: go there now
-                    remembered = await self._remembered(
-                        path, headers, body, route_policy, decision_id, recalled[0]
-                    )
-                if remembered is not None:
-                    routed = remembered
-                    if span is not None and span.is_recording():
-                        span.set_attribute("router.cascade", f"remembered: {recalled}")
-                else:
-                    prepared = cascade.prepare(routed, plan, path, headers, ticket, vector)
+        if cascade is not None:
+            routed, prepared = await self._plan_cascade(
+                cascade, routed, ticket, route_cascades, path, headers, body, route_policy, span
+            )
         self._metrics.decided(routed.decision, outcome, time.perf_counter() - started)
         removed = (TICKET_HEADER,) if TICKET_HEADER in headers else ()
         return decision_response(routed, len(body), prepared, removed)
 
-    async def _remembered(
+    async def _plan_cascade(
         self,
+        cascade: Cascade,
+        routed: Routed,
+        ticket: Ticket | None,
+        route_cascades: bool,
         path: str,
         headers: Mapping[str, str],
         body: bytes,
         route_policy: str | None,
-        decision_id: str,
-        tier: str,
-    ) -> Routed | None:
-        """The decision on the tier the cascade's memory recalled; None if none fits."""
-        try:
-            return await self._service.route(
-                path, headers, body, route_policy=route_policy,
-                decision_id=decision_id, escalate_to=tier,
-            )  # fmt: skip
-        except RequestError:  # e.g. the client's limits rule that tier out: cascade instead
-            return None
+        span: Span | None,
+    ) -> tuple[Routed, Prepared | None]:
+        """A cascading request prepared for its answer to be held, or, when the cascade's
+        memory knows a similar prompt, decided on that prompt's tier at once."""
+        if routed.intent is None:
+            return routed, None
+        plan = cascade.plan(routed, routed.intent, ticket, route_cascades)
+        if plan is not None and span is not None and span.is_recording():
+            span.set_attribute("router.cascade", plan.why)
+        if plan is None or not plan.cascades:
+            return routed, None
+        recalled, vector = await cascade.recall(routed)
+        if recalled is not None:  # a similar prompt needed that tier: go there now
+            try:
+                remembered = await self._service.route(
+                    path, headers, body, route_policy=route_policy,
+                    decision_id=routed.decision.decision_id, escalate_to=recalled[0],
+                )  # fmt: skip
+            except RequestError:  # e.g. the client's limits rule that tier out: cascade
+                pass
+            else:
+                if span is not None and span.is_recording():
+                    span.set_attribute("router.cascade", f"remembered: {recalled}")
+                return remembered, None
+        return routed, cascade.prepare(routed, plan, path, headers, ticket, vector)
 
 
 def _metadata_value(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> str | None:
