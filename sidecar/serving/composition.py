@@ -68,10 +68,10 @@ class SemanticParts:
     classifier: SemanticClassifier
     reload_index: IndexReloader
     close: Callable[[], Awaitable[None]]
-    # The encoder behind the micro-batcher, for other readers (the cascade's scorer).
-    embed: Callable[[str], Awaitable[npt.NDArray[np.float32]]] | None = None
-    embedder_fingerprint: str | None = None
-    embedder_dim: int | None = None
+    # The encoder (its fingerprint and width) and the micro-batcher in front of it, for
+    # other readers: the cascade's scorer and memory.
+    embedder: Embedder
+    embed: Callable[[str], Awaitable[npt.NDArray[np.float32]]]
 
 
 SemanticFactory = Callable[[Settings], Awaitable[SemanticParts | None]]
@@ -172,9 +172,8 @@ async def build_semantic(settings: Settings) -> SemanticParts | None:
         classifier=classifier,
         reload_index=classifier.reload,
         close=close,
+        embedder=embedder,
         embed=batcher.embed,
-        embedder_fingerprint=embedder.fingerprint,
-        embedder_dim=embedder.dim,
     )
 
 
@@ -218,9 +217,9 @@ def build_cascade(
         envoy_url = f"http://{host}:{port}"
     scorer = None
     if config.scorer is not None:
-        fingerprint = semantic.embedder_fingerprint if semantic is not None else None
+        fingerprint = semantic.embedder.fingerprint if semantic is not None else None
         scorer = load_scorer(config.scorer, expected_fingerprint=fingerprint)
-        if scorer.needs_embedding and (semantic is None or semantic.embed is None):
+        if scorer.needs_embedding and semantic is None:
             raise ConfigError(
                 f"cascade.scorer: {config.scorer} reads MiniLM embeddings, but semantic "
                 "routing (the encoder) is off"
@@ -251,12 +250,12 @@ def _cascade_memory(settings: Settings, semantic: SemanticParts | None) -> Casca
     learn = settings.cascade.learn
     if not learn.enabled or learn.path is None:
         return None
-    if semantic is None or semantic.embedder_fingerprint is None or semantic.embedder_dim is None:
+    if semantic is None:
         raise ConfigError("cascade.learn: needs semantic routing on (it remembers MiniLM vectors)")
     return CascadeMemory.load(
         learn.path,
-        fingerprint=semantic.embedder_fingerprint,
-        dim=semantic.embedder_dim,
+        fingerprint=semantic.embedder.fingerprint,
+        dim=semantic.embedder.dim,
         similarity=learn.similarity,
         max_entries=learn.max_entries,
     )
