@@ -1,9 +1,10 @@
 """Drive the sidecar over gRPC exactly the way Envoy does, and time each decision.
 
 One ext_proc stream per request (`sidecar.devstack.extproc_client`, the same client the
-adapter's tests use): request headers, then the buffered body; the decision is the answer
-to the body message. Prompts are distinct (so the exact-repeat cache does not help) unless
-the caller repeats them.
+adapter's tests use): as the shipped Envoy config does, the buffered body alone with the
+path and the router's headers as attributes (`headers_phase=True`: the request headers
+first, then the body); the decision is the answer to the body message. Prompts are
+distinct (so the exact-repeat cache does not help) unless the caller repeats them.
 """
 
 from __future__ import annotations
@@ -40,10 +41,12 @@ class LoadResult:
         }
 
 
-async def _one(stub: ext_grpc.ExternalProcessorStub, prompt: str, model: str) -> float:
-    """Seconds from sending the request headers until the stream with the decision ends."""
+async def _one(
+    stub: ext_grpc.ExternalProcessorStub, prompt: str, model: str, headers_phase: bool
+) -> float:
+    """Seconds from opening the stream until the stream with the decision ends."""
     started = time.perf_counter()
-    replies = await exchange(stub, chat_request(prompt, model=model))
+    replies = await exchange(stub, chat_request(prompt, model=model, headers_phase=headers_phase))
     elapsed = time.perf_counter() - started
     for reply in replies:
         if reply.HasField("immediate_response"):
@@ -61,6 +64,7 @@ async def drive(
     *,
     model: str = "auto",
     seconds: float | None = None,
+    headers_phase: bool = False,
 ) -> LoadResult:
     """Send every prompt once, `concurrency` streams at a time, optionally paced at `rate`/s.
 
@@ -68,6 +72,7 @@ async def drive(
     loop: the offered load is whatever the sidecar can take). Paced, prompt i is sent at
     start + i/rate (an open loop: a fixed offered load, as real traffic arrives). With
     `seconds`, no prompt is sent after that long (the ones in flight still count).
+    `headers_phase`: two messages per stream (Envoy's `request_header_mode: SEND`).
     """
     latencies: list[float] = []
     failures = 0
@@ -89,7 +94,7 @@ async def drive(
                     if delay > 0:
                         await asyncio.sleep(delay)
                 try:
-                    latencies.append(await _one(stub, prompt, model))
+                    latencies.append(await _one(stub, prompt, model, headers_phase))
                 except (grpc.RpcError, RuntimeError):
                     failures += 1
 

@@ -20,6 +20,9 @@ from sidecar.errors import ConfigError
 
 METADATA_KEY = "inference_router"
 EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
+# The dynamic metadata namespace the router filter answers a decision's headers in; the
+# edge Lua script sets them on the request (metadata_options.receiving_namespaces).
+DECISION_NAMESPACE = "inference_router"
 # The second ext_proc filter, which a cascading request's route switches on to hand the
 # sidecar the buffered answer (README "Cascade").
 CASCADE_FILTER = "inference_router.cascade"

@@ -1,9 +1,11 @@
 """Talking to the sidecar the way Envoy does: one ext_proc stream per HTTP request.
 
-Envoy (with `request_header_mode: SEND`, `request_body_mode: BUFFERED`) sends the request
-headers, then the whole body in one message, and reads one answer per message. The unit
-tests of the adapter and the decision-latency benchmark both use these helpers, so what
-they measure and check is the exchange Envoy really has.
+With the shipped config (`request_header_mode: SKIP`, `request_body_mode: BUFFERED`,
+`request_attributes`) Envoy sends one message, the whole body with the path and the
+router's headers as attributes. With `request_header_mode: SEND` it sends the request
+headers first, then the body. It reads one answer per message. The unit tests of the
+adapter and the decision-latency benchmark both use these helpers, so what they measure
+and check is the exchange Envoy really has.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
+
+from sidecar.config.envoy import DECISION_NAMESPACE, EXT_PROC_FILTER
 
 
 def headers_message(
@@ -35,11 +39,30 @@ def body_message(payload: object) -> ext.ProcessingRequest:
     return ext.ProcessingRequest(request_body=ext.HttpBody(body=raw, end_of_stream=True))
 
 
+def attributed_body_message(
+    path: str, payload: object, headers: Mapping[str, str] | None = None
+) -> ext.ProcessingRequest:
+    """The body message alone, carrying the path and `headers` as Envoy's attributes."""
+    message = body_message(payload)
+    fields = message.attributes[EXT_PROC_FILTER].fields
+    fields["request.path"].string_value = path
+    for name, value in (headers or {}).items():
+        fields[f"request.headers['{name}']"].string_value = value
+    return message
+
+
 def chat_request(
-    prompt: str, *, model: str = "auto", headers: Mapping[str, str] | None = None
+    prompt: str,
+    *,
+    model: str = "auto",
+    headers: Mapping[str, str] | None = None,
+    headers_phase: bool = True,
 ) -> list[ext.ProcessingRequest]:
-    """The two messages Envoy sends for a one-message chat completion request."""
+    """The messages Envoy sends for a chat completion request: the headers and the body,
+    or (`headers_phase=False`, the shipped config) the body with attributes alone."""
     body = {"model": model, "messages": [{"role": "user", "content": prompt}]}
+    if not headers_phase:
+        return [attributed_body_message("/v1/chat/completions", body, headers)]
     return [
         headers_message(
             "/v1/chat/completions", {"content-type": "application/json", **(headers or {})}
@@ -66,6 +89,9 @@ async def exchange(
 
 
 def decision_headers(reply: ext.ProcessingResponse) -> dict[str, str]:
-    """The headers a body-phase answer sets (the decision), by name."""
-    mutation = reply.request_body.response.header_mutation
-    return {h.header.key: h.header.raw_value.decode() for h in mutation.set_headers}
+    """The headers a body-phase answer has Envoy set (the decision), by name."""
+    fields = reply.dynamic_metadata.fields
+    if DECISION_NAMESPACE not in fields:
+        return {}
+    decided = fields[DECISION_NAMESPACE].struct_value.fields
+    return {name: value.string_value for name, value in decided.items()}

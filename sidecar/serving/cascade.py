@@ -37,7 +37,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import aiohttp
@@ -359,7 +359,18 @@ class Cascade:
         )
         return Prepared(set_headers=headers_to_set, body=forwarded if added else None)
 
-    # --- the answer-holding filter: the response ---------------------------------------
+    # --- the answer-holding filter: the request, then the response ---------------------
+
+    def note_request(self, headers: Mapping[str, str]) -> None:
+        """The held request's headers as they leave Envoy: what an escalation forwards.
+
+        The router's filter sees only the few headers it routes on (Envoy sends them as
+        attributes with the body); the answer-holding filter sees them all.
+        """
+        decision_id = headers.get(DECISION_HEADER, "")
+        pending = self._pending.get(decision_id)
+        if pending is not None:
+            self._pending[decision_id] = replace(pending, headers=_forwardable(headers))
 
     async def check(self, status: int, headers: Mapping[str, str], body: bytes) -> Check:
         """Judge a held-back answer: return it as is, or escalate it."""

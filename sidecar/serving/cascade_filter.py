@@ -1,8 +1,9 @@
 """The answer-holding ext_proc filter: Envoy's messages in, the cascade's verdict out.
 
 Envoy's second ext_proc filter (`inference_router.cascade`) is off for every request but
-those on the cascade route, where its per-route config asks for the response headers and
-the buffered response body. One gRPC stream carries one answer: the headers (we note the
+those on the cascade route, where its per-route config asks for the request headers, the
+response headers and the buffered response body. One gRPC stream carries one answer: the
+request's headers (kept for an escalation to forward), the answer's headers (we note the
 status and reply CONTINUE), then the whole body, which `Cascade.check` judges. A
 confident answer goes back untouched but for `x-router-cascade`; a shaky one first gets
 Envoy to wait longer for us (`override_message_timeout`, up to the filter's
@@ -32,6 +33,7 @@ FILTER_METADATA = "x-router-filter"
 CASCADE_FILTER = "cascade"
 
 _CONTINUE = ext.ProcessingResponse(response_headers=ext.HeadersResponse())
+_REQUEST_CONTINUE = ext.ProcessingResponse(request_headers=ext.HeadersResponse())
 _TRAILERS = ext.ProcessingResponse(response_trailers=ext.TrailersResponse())
 _EMPTY_BODY = ext.ProcessingResponse(response_body=ext.BodyResponse())
 # Escalations take as long as the next model does; Envoy allows up to the filter's
@@ -85,7 +87,10 @@ class CascadeFilter:
         }
         while (message := await context.read()) is not grpc.aio.EOF:
             phase = message.WhichOneof("request")
-            if phase == "response_headers":
+            if phase == "request_headers":  # the client's, for an escalation to forward
+                self._cascade.note_request(headers_to_dict(message.request_headers.headers))
+                await context.write(_REQUEST_CONTINUE)
+            elif phase == "response_headers":
                 headers = headers_to_dict(message.response_headers.headers)
                 status = int(headers.get(":status", "0") or 0)
                 await context.write(_CONTINUE)

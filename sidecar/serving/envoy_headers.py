@@ -4,14 +4,33 @@ Both ext_proc filters the sidecar serves (the router's and the cascade's) read t
 headers Envoy sends and answer with headers to set. Values travel in `raw_value`, never
 `value`: Envoy 1.40 sends an empty header for `value` in a mutation. Every header set
 here overwrites what is there (a client's copy included).
+
+The router's filter skips the headers phase (one message per request instead of two):
+what it reads of the headers comes as `request_attributes` with the body, one CEL
+expression each (`request.path`, `request.headers['x-router-policy']`, ...), keyed by the
+expression's text; a header the request lacks is simply absent.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from envoy.config.core.v3 import base_pb2
+from google.protobuf import struct_pb2
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
+from sidecar.config.envoy import EXT_PROC_FILTER
+
 OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+# The pseudo-headers three of the attributes stand for (Envoy sends them all under its
+# ext_proc filter's name).
+_PSEUDO_HEADERS = {
+    "request.path": ":path",
+    "request.method": ":method",
+    "request.host": ":authority",
+}
+_HEADER_PREFIX, _HEADER_SUFFIX = "request.headers['", "']"
 
 
 def set_header(
@@ -31,4 +50,23 @@ def headers_to_dict(header_map: base_pb2.HeaderMap) -> dict[str, str]:
     for header in header_map.headers:
         value = header.raw_value.decode("utf-8", "replace") if header.raw_value else header.value
         result[header.key.lower()] = value
+    return result
+
+
+def headers_from_attributes(attributes: Mapping[str, struct_pb2.Struct]) -> dict[str, str]:
+    """The headers a body message's `request_attributes` carry, named as in a header map.
+
+    `request.path` becomes `:path`, `request.headers['x-a']` becomes `x-a`; anything
+    else (a number, another expression) is left out.
+    """
+    fields = attributes[EXT_PROC_FILTER].fields if EXT_PROC_FILTER in attributes else {}
+    result: dict[str, str] = {}
+    for expression, value in fields.items():
+        if value.WhichOneof("kind") != "string_value":
+            continue
+        name = _PSEUDO_HEADERS.get(expression)
+        if expression.startswith(_HEADER_PREFIX) and expression.endswith(_HEADER_SUFFIX):
+            name = expression[len(_HEADER_PREFIX) : -len(_HEADER_SUFFIX)].lower()
+        if name is not None:
+            result[name] = value.string_value
     return result

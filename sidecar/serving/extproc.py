@@ -1,14 +1,16 @@
 """Envoy ext_proc adapter: the ExternalProcessor gRPC service in front of RoutingService.
 
-Envoy opens one bidirectional stream per HTTP request. With `request_header_mode: SEND`
-and `request_body_mode: BUFFERED` it sends the request headers (we answer CONTINUE and
-remember them), then the whole body in one message; the decision is answered in the
-body response: routing headers, a `model` rewrite with a matching `content-length`, and
-`clear_route_cache` so Envoy re-matches the route on the header we just set. A bad
-request gets an ImmediateResponse with an OpenAI-style error body. Nothing here decides
-anything; it only translates between Envoy's messages and the service. Each decision
-runs in a `router.decision` span continuing the trace Envoy passes in the stream's gRPC
-metadata (sidecar/serving/tracing.py), when tracing is on.
+Envoy opens one bidirectional stream per HTTP request. With the shipped config
+(`request_header_mode: SKIP`, `request_body_mode: BUFFERED`) it sends one message: the
+whole body, with the path and the few headers the router reads as attributes. (With
+`request_header_mode: SEND` the headers come first; we answer CONTINUE and remember
+them.) The decision is the body's answer: its headers as dynamic metadata, which Envoy's
+edge script sets on the request (so Envoy matches the route again), and a `model`
+rewrite as a body mutation. A bad request gets an ImmediateResponse with an OpenAI-style
+error body; GET /v1/models, which has no body, comes with its headers. Nothing here
+decides anything; it only translates between Envoy's messages and the service. Each
+decision runs in a `router.decision` span continuing the trace Envoy passes in the
+stream's gRPC metadata (sidecar/serving/tracing.py), when tracing is on.
 """
 
 from __future__ import annotations
@@ -24,13 +26,18 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
 from envoy.type.v3 import http_status_pb2
 from opentelemetry.trace import Span
 
+from sidecar.config.envoy import DECISION_NAMESPACE
 from sidecar.core.request import MODELS_PATH, endpoint_for_path
 from sidecar.core.vote import FAILED, SHED, STAGE_STATIC
 from sidecar.errors import RequestError
 from sidecar.serving.body import BIG_BODY_BYTES
-from sidecar.serving.cascade import TICKET_HEADER, Cascade, Prepared, Ticket
+from sidecar.serving.cascade import Cascade, Prepared, Ticket
 from sidecar.serving.cascade_filter import CASCADE_FILTER, FILTER_METADATA, CascadeFilter
-from sidecar.serving.envoy_headers import OVERWRITE, headers_to_dict, set_header
+from sidecar.serving.envoy_headers import (
+    OVERWRITE,
+    headers_from_attributes,
+    headers_to_dict,
+)
 from sidecar.serving.metrics import RouterMetrics
 from sidecar.serving.service import (
     ROUTE_CASCADE_METADATA,
@@ -58,37 +65,31 @@ def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
     )
 
 
-def decision_response(
-    routed: Routed,
-    original_length: int,
-    cascade: Prepared | None = None,
-    remove_headers: tuple[str, ...] = (),
-) -> ext.ProcessingResponse:
+def decision_response(routed: Routed, cascade: Prepared | None = None) -> ext.ProcessingResponse:
     """The body-phase answer that routes the request where the decision says.
 
-    A cascading request also gets the header that selects the cascade route, and maybe
-    a body asking for logprobs (`cascade`); `remove_headers` go (an escalation ticket).
+    The decision's headers go back as dynamic metadata (namespace `inference_router`):
+    Envoy sent no headers phase, so a header mutation here would be dropped, and its edge
+    script sets them on the request, which makes Envoy match the route again. A changed
+    body (the `model` rewrite, logprobs for a cascade) is a body mutation; the script gives
+    it its new length. A cascading request also gets the header that selects the cascade
+    route.
     """
     decision = routed.decision
     response = ext.ProcessingResponse()
-    common = response.request_body.response
-    common.clear_route_cache = True
-    headers = common.header_mutation.set_headers
-    set_header(headers, UPSTREAM_HEADER, decision.upstream)
-    set_header(headers, ROUTE_HEADER, decision.route)
-    set_header(headers, DECISION_HEADER, decision.decision_id)
-    set_header(headers, MODEL_HEADER, decision.model)
+    response.request_body.SetInParent()
+    headers = response.dynamic_metadata.fields[DECISION_NAMESPACE].struct_value.fields
+    headers[UPSTREAM_HEADER].string_value = decision.upstream
+    headers[ROUTE_HEADER].string_value = decision.route
+    headers[DECISION_HEADER].string_value = decision.decision_id
+    headers[MODEL_HEADER].string_value = decision.model
     body = routed.body
     if cascade is not None:
         for name, value in cascade.set_headers:
-            set_header(headers, name, value)
+            headers[name].string_value = value
         body = cascade.body if cascade.body is not None else body
     if body is not None:
-        set_header(headers, "content-length", str(len(body)))
-        common.body_mutation.body = body
-    elif original_length:
-        set_header(headers, "content-length", str(original_length))
-    common.header_mutation.remove_headers.extend(remove_headers)
+        response.request_body.response.body_mutation.body = body
     return response
 
 
@@ -208,6 +209,8 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
                 else:
                     await context.write(_CONTINUE_HEADERS)
             elif phase == "request_body":
+                if not headers:  # the headers phase was skipped: its attributes stand in
+                    headers = headers_from_attributes(message.attributes)
                 body = message.request_body.body
                 if self._extend is not None and len(body) >= BIG_BODY_BYTES:
                     await context.write(self._extend)
@@ -288,8 +291,7 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
                 cascade, routed, ticket, route_cascades, path, headers, body, route_policy, span
             )
         self._metrics.decided(routed.decision, outcome, time.perf_counter() - started)
-        removed = (TICKET_HEADER,) if TICKET_HEADER in headers else ()
-        return decision_response(routed, len(body), prepared, removed)
+        return decision_response(routed, prepared)
 
     async def _plan_cascade(
         self,
