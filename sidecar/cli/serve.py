@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import uvloop
 
 from sidecar.cli.lifecycle import until_stop_signal
 
@@ -28,8 +30,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-semantic", action="store_true", help="route without the classifier")
 
 
+# gRPC's event-engine listener off: with it, a decision stream cost ~15 % more CPU in the
+# sidecar (a do-nothing servicer behind the real Envoy, side by side; README "Measured
+# numbers"). gRPC reads this once, when it is first imported, so it is set before that;
+# an operator's own GRPC_EXPERIMENTS wins. An unknown experiment is only logged by gRPC.
+GRPC_EXPERIMENTS = "-event_engine_listener"
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the settings, start the sidecar and serve until SIGINT or SIGTERM."""
+    os.environ.setdefault("GRPC_EXPERIMENTS", GRPC_EXPERIMENTS)
     from sidecar.config.settings import load_settings
 
     overrides: dict[str, object] = {
@@ -43,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
             update={"enabled": not args.no_semantic, "index": args.index or settings.semantic.index}
         )
         settings = settings.model_copy(update={"semantic": semantic})
-    asyncio.run(_serve(settings))
+    # uvloop: the event loop every gRPC stream's messages pass through, in C (~10-18 % less
+    # CPU per decision stream, measured side by side with asyncio's own loop).
+    uvloop.run(_serve(settings))
     return 0
 
 
