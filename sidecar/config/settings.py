@@ -58,6 +58,10 @@ class SemanticSettings(_Strict):
     # 50 ms measured best: same share classified as 100 ms at 120 req/s, half the p99
     # under a flood (make bench).
     max_queue_ms: float = Field(default=50.0, gt=0)
+    # And while more than this many decision streams are open at once: the sidecar is
+    # saturated (its decisions queue for the CPU, Little's law), and one encoder run
+    # (~8 ms of CPU) would make every one of them later. 0: never shed for this.
+    encoder_max_streams: int = Field(default=8, ge=0)
     cache_size: int = Field(default=4096, ge=0)
     # Stage 1: static token embeddings distilled from the encoder (built once into the
     # data dir) and the index's stage-1 head. Confident prompts skip the encoder, and an

@@ -98,11 +98,16 @@ class SemanticClassifier:
         self._cache_size = cache_size
         self._reload_lock = asyncio.Lock()
         self._max_queue_s = max_queue_s
+        self._saturated: Callable[[], bool] = lambda: False
         self._timer: StageTimer = untimed
 
     def time_stages(self, timer: StageTimer) -> None:
         """Run each stage (stage1, embed, search) inside `timer(stage)` from now on."""
         self._timer = timer
+
+    def shed_when(self, saturated: Callable[[], bool]) -> None:
+        """Also decide on stage 1 alone while `saturated()` says the process is saturated."""
+        self._saturated = saturated
 
     async def classify(self, text: str) -> RouteVerdict:
         """Stage 1, then (unless it is confident) stage 2; exact repeats come from the cache."""
@@ -115,10 +120,11 @@ class SemanticClassifier:
         if first is not None and decided_by_stage1(first, self._config):
             self._remember(key, first)
             return first
-        if self._batcher.overloaded(self._max_queue_s):
+        if self._batcher.overloaded(self._max_queue_s) or self._saturated():
             first = first or self._stage1(text)
             log.debug(
-                "shedding to %s: a new prompt would wait %.0f ms for the model (budget %.0f ms)",
+                "shedding to %s: a new prompt would wait %.0f ms for the model (budget %.0f ms),"
+                " or the sidecar is saturated",
                 "stage 1" if first is not None else "the default route",
                 1000 * self._batcher.expected_wait_s(), 1000 * self._max_queue_s,
             )  # fmt: skip

@@ -175,6 +175,9 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
         # answers arrive on the second filter's streams, served by `cascade_filter`.
         self._cascade = cascade
         self._cascade_filter = cascade_filter
+        # Decision streams open now (the router filter's, not the cascade's): how many
+        # decisions share the CPU, which the classifier reads to shed its encoder.
+        self._open_streams = 0
         # A big body may need longer than Envoy's message_timeout; Envoy grants up to its
         # max_message_timeout when asked before the timer runs out (0: it grants nothing).
         self._extend: ext.ProcessingResponse | None = None
@@ -198,6 +201,22 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
         if filter_name == CASCADE_FILTER and self._cascade_filter is not None:
             await self._cascade_filter.serve(context)  # a held-back answer
             return
+        self._open_streams += 1
+        try:
+            await self._serve(context, metadata)
+        finally:
+            self._open_streams -= 1
+
+    @property
+    def open_streams(self) -> int:
+        """How many decision streams are open now (each request's, from Envoy)."""
+        return self._open_streams
+
+    async def _serve(
+        self,
+        context: grpc.aio.ServicerContext[ext.ProcessingRequest, ext.ProcessingResponse],
+        metadata: Metadata,
+    ) -> None:
         route_policy = _metadata_value(metadata, ROUTE_POLICY_METADATA)
         headers: dict[str, str] = {}
         while (message := await context.read()) is not grpc.aio.EOF:

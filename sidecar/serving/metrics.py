@@ -182,6 +182,16 @@ class RouterMetrics:
             histogram = self._stage_children[stage] = self._stages.labels(stage)
         histogram.observe(seconds)
 
+    def watch_streams(self, open_streams: Callable[[], int]) -> None:
+        """Export how many decision streams are open (the saturation shedding signal)."""
+        gauge = Gauge(
+            "inference_router_open_streams",
+            "ext_proc decision streams open now; above semantic.encoder_max_streams the "
+            "sidecar is saturated and stage 1 decides alone",
+            registry=self.registry,
+        )
+        gauge.set_function(open_streams)
+
     def watch_classifier(self, expected_wait_s: Callable[[], float]) -> None:
         """Export how long a new prompt would wait for the model (the shedding signal)."""
         gauge = Gauge(

@@ -158,6 +158,10 @@ async def start_sidecar(
         ),
     )
     ext_grpc.add_ExternalProcessorServicer_to_server(processor, server)
+    metrics.watch_streams(lambda: processor.open_streams)
+    if semantic is not None and settings.semantic.encoder_max_streams:
+        limit = settings.semantic.encoder_max_streams
+        semantic.classifier.shed_when(lambda: processor.open_streams > limit)
     router_pb2_grpc.add_RouterServicer_to_server(  # type: ignore[no-untyped-call]
         RouterApi(service, metrics, semantic.reload_index if semantic else None), server
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -101,6 +102,38 @@ async def test_every_message_of_a_stream_is_answered_in_order(
     replies = await exchange(stub, [*chat_request("hello"), trailers, response_headers])
     phases = [reply.WhichOneof("response") for reply in replies]
     assert phases == ["request_headers", "request_body", "request_trailers", "response_headers"]
+
+
+async def test_open_streams_are_counted_until_they_end() -> None:
+    service = RoutingService(
+        table=TWO_TIER_TABLE, catalogue=TWO_TIER_CATALOGUE, snapshot=ProviderSnapshot
+    )
+    processor = ExternalProcessor(service, RouterMetrics())
+    server = grpc.aio.server()
+    ext_grpc.add_ExternalProcessorServicer_to_server(processor, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = ext_grpc.ExternalProcessorStub(channel)
+            first, second = stub.Process(), stub.Process()
+            for call in (first, second):  # each waits for its body after the headers
+                await call.write(headers_message(CHAT_PATH))
+                assert (await call.read()).HasField("request_headers")
+            assert processor.open_streams == 2
+            await first.write(chat_request("hello")[1])
+            await first.done_writing()
+            assert (await first.read()).HasField("request_body")
+            assert await first.read() is grpc.aio.EOF
+            assert processor.open_streams == 1
+            second.cancel()  # a stream Envoy gives up on is no longer counted either
+            for _ in range(200):
+                if processor.open_streams == 0:
+                    break
+                await asyncio.sleep(0.005)
+            assert processor.open_streams == 0
+    finally:
+        await server.stop(0)
 
 
 async def test_route_policy_metadata(stub: ext_grpc.ExternalProcessorStub) -> None:

@@ -233,6 +233,22 @@ async def test_overload_sheds_to_stage1_and_does_not_cache_it(static: StaticEmbe
     assert again.stage == STAGE_MODEL and not again.overloaded
 
 
+async def test_a_saturated_sidecar_decides_on_stage1_until_it_is_not(
+    teacher: TokenHashEmbedder, static: StaticEmbedder
+) -> None:
+    classifier = _classifier(teacher, static, dataclasses.replace(CONFIG, stage1_gate=None))
+    saturated = True
+    classifier.shed_when(lambda: saturated)
+    calls = teacher.calls
+    shed = await classifier.classify("hello there friend")
+    assert (shed.stage, shed.overloaded, shed.route) == (STAGE_STATIC, True, "small")
+    assert teacher.calls == calls  # the encoder was not asked
+    saturated = False
+    again = await classifier.classify("hello there friend")  # not cached: decided afresh
+    assert (again.stage, again.overloaded) == (STAGE_MODEL, False)
+    assert teacher.calls == calls + 1
+
+
 async def test_a_reload_refuses_an_index_on_another_static_table(
     teacher: TokenHashEmbedder, static: StaticEmbedder, tmp_path: Path
 ) -> None:
