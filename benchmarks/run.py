@@ -70,7 +70,7 @@ VARIANTS: tuple[tuple[str, list[str]], ...] = (
     ("semantic", []),
     ("semantic_1thr", ["--config", "ONE_THREAD"]),
     ("semantic_int8", ["--config", "INT8"]),
-    ("semantic_q100ms", ["--config", "QUEUE_100"]),
+    ("semantic_q50ms", ["--config", "QUEUE_50"]),
     ("no_semantic", ["--no-semantic"]),
 )
 
@@ -230,7 +230,7 @@ def main() -> int:
         alternatives = (
             ("ONE_THREAD", "{threads: 1}"),
             ("INT8", "{quantize: int8}"),
-            ("QUEUE_100", "{max_queue_ms: 100}"),
+            ("QUEUE_50", "{max_queue_ms: 50}"),
         )
         for key, semantic in alternatives:
             configs[key] = Path(tmp) / f"{key.lower()}.yaml"

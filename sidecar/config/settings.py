@@ -54,10 +54,11 @@ class SemanticSettings(_Strict):
     # while the previous batch runs (see semantic/micro_batcher.py).
     batch_wait_ms: float = Field(default=0.0, ge=0, le=50)
     # Shed load instead of queueing past Envoy's ext_proc message_timeout: when a new
-    # prompt would wait longer than this for the model, decide without the classifier.
-    # 50 ms measured best: same share classified as 100 ms at 120 req/s, half the p99
-    # under a flood (make bench).
-    max_queue_ms: float = Field(default=50.0, gt=0)
+    # prompt would wait longer than this for the model (its own run included), decide
+    # without the classifier. 20 ms (room for one prompt ahead) measured best: the same
+    # share classified as 50 ms at 120 req/s, 1.6x lower p99 and 1.2-1.3x the throughput
+    # at 8 and 32 streams (make bench's alternatives, side by side).
+    max_queue_ms: float = Field(default=20.0, gt=0)
     # And while more than this many decision streams are open at once: the sidecar is
     # saturated (its decisions queue for the CPU, Little's law), and one encoder run
     # (~8 ms of CPU) would make every one of them later. 0: never shed for this.

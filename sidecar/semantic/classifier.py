@@ -83,7 +83,7 @@ class SemanticClassifier:
         *,
         index_path: Path | None,
         cache_size: int,
-        max_queue_s: float = 0.05,
+        max_queue_s: float = 0.02,
         reload_root: Path | None = None,
         static: StaticEmbedder | None = None,
     ) -> None:
