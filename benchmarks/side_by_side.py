@@ -37,6 +37,7 @@ import os
 import platform
 import secrets
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -49,7 +50,12 @@ import yaml
 
 from benchmarks.policies import percentile
 from benchmarks.run import classifier_counts, prompts
-from sidecar.config.envoy import catalogue_from_envoy_config, load_envoy_yaml, walk_mappings
+from sidecar.config.envoy import (
+    EXT_PROC_FILTER,
+    catalogue_from_envoy_config,
+    load_envoy_yaml,
+    walk_mappings,
+)
 from sidecar.devstack.processes import die_with_parent, free_ports, http_ok, terminate, wait_until
 from sidecar.devstack.stack import LocalStack, StackPorts, envoy_binary
 
@@ -63,6 +69,8 @@ CELL_REQUESTS = 800
 CELL_SECONDS = 6.0
 WARM_UP_PER_WORKER = 3  # untimed: connections, first-call costs
 BASELINE = "envoy alone"
+NULL_PROCESSOR = "envoy + ext_proc that decides nothing"
+NULL_PROCESSOR_CLUSTER = "null_processor"
 # One simulator setting for every provider: short, so the hops' costs show; more slots
 # than clients, so nothing queues in the simulator.
 SIM_TTFT_MS = 10
@@ -180,6 +188,40 @@ def envoy_alone_config(
                                 "route": {"cluster": cluster, "timeout": "120s"}}],
                 }],
             }  # fmt: skip
+    return config
+
+
+def null_processor_config(
+    rendered: Mapping[str, object], cluster: str, listener: int, admin: int, processor: int
+) -> dict[str, Any]:
+    """Envoy alone plus the router's ext_proc filter, asking a processor that decides nothing.
+
+    The filter is the shipped one (one message per request, the same attributes and
+    timeouts); its cluster is the sidecar's, pointed at `processor`'s port, without the
+    gRPC health check (the null processor serves no health service).
+    """
+    config = envoy_alone_config(rendered, cluster, listener, admin)
+    source: dict[str, Any] = copy.deepcopy(dict(rendered))
+    found: list[Any] = [
+        node for node in walk_mappings(source["static_resources"]["listeners"])
+        if node.get("name") == EXT_PROC_FILTER
+    ]  # fmt: skip
+    (ext_proc,) = found
+    service = ext_proc["typed_config"]["grpc_service"]["envoy_grpc"]
+    (sidecar,) = [c for c in source["static_resources"]["clusters"]
+                  if c["name"] == service["cluster_name"]]  # fmt: skip
+    sidecar["name"] = service["cluster_name"] = NULL_PROCESSOR_CLUSTER
+    sidecar["load_assignment"]["cluster_name"] = NULL_PROCESSOR_CLUSTER
+    sidecar.pop("health_checks", None)
+    sidecar.pop("common_lb_config", None)
+    for node in walk_mappings(sidecar["load_assignment"]):
+        if "port_value" in node:
+            node["port_value"] = processor
+    config["static_resources"]["clusters"].append(sidecar)
+    for node in walk_mappings(config["static_resources"]["listeners"]):
+        filters = node.get("http_filters")
+        if isinstance(filters, list):
+            filters.insert(len(filters) - 1, ext_proc)  # before the router filter
     return config
 
 
@@ -359,6 +401,22 @@ def run(workdir: Path) -> dict[str, Any]:
         )  # fmt: skip
         children.append(envoy)
         envoy.wait_ready(f"http://127.0.0.1:{admin}/ready", 30)
+        null_listener, null_admin, processor_port = free_ports(3)
+        children.append(Child(
+            [sys.executable, "-m", "benchmarks.null_processor", "--port", str(processor_port)],
+            workdir / "null-processor.log",
+        ))  # fmt: skip
+        null = workdir / "envoy-null-processor.yaml"
+        null.write_text(yaml.safe_dump(null_processor_config(
+            rendered, DIRECT_CLUSTER, null_listener, null_admin, processor_port
+        )))  # fmt: skip
+        null_envoy = Child(
+            [envoy_binary(), "-c", str(null), "--log-level", "warn", "--base-id",
+             str(null_admin), "--concurrency", "2"],
+            workdir / "envoy-null-processor.log",
+        )  # fmt: skip
+        children.append(null_envoy)
+        null_envoy.wait_ready(f"http://127.0.0.1:{null_admin}/ready", 30)
         began = time.monotonic()
         litellm = start_litellm(sim_port, model, workdir)
         litellm_start_s = round(time.monotonic() - began, 1)
@@ -374,6 +432,7 @@ def run(workdir: Path) -> dict[str, Any]:
         paths: dict[str, Target] = {
             "direct": Target(f"http://127.0.0.1:{sim_port}{CHAT}", same, {}),
             BASELINE: Target(f"http://127.0.0.1:{listener}{CHAT}", same, {}),
+            NULL_PROCESSOR: Target(f"http://127.0.0.1:{null_listener}{CHAT}", same, {}),
             "router, explicit model": Target(stack.base_url + CHAT, same, {}),
             "router, auto, repeated": Target(stack.base_url + CHAT, auto_same, {}),
             "router, auto, distinct": Target(stack.base_url + CHAT, auto_fresh, {}),

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 import benchmarks.side_by_side as side_by_side
 from benchmarks.side_by_side import (
@@ -21,6 +22,7 @@ from benchmarks.side_by_side import (
     body,
     envoy_alone_config,
     litellm_config,
+    null_processor_config,
     ratios,
     start_litellm,
     summarise_cell,
@@ -113,6 +115,21 @@ def test_envoy_alone_has_no_router_and_one_static_route_to_the_simulator() -> No
         {"match": {"prefix": "/"}, "route": {"cluster": "sim-mid-a", "timeout": "120s"}}
     ]
     assert EXT_PROC_FILTER in _filters(dict(local))  # the source is left as it was
+
+
+def test_the_null_processor_row_is_envoy_alone_plus_the_shipped_ext_proc_filter() -> None:
+    local = load_envoy_yaml(LOCAL)
+    config = null_processor_config(local, "sim-mid-a", 18080, 19901, processor=17000)
+    assert _filters(config) == [EXT_PROC_FILTER, "envoy.filters.http.router"]
+    shipped: Any = next(n for n in walk_mappings(dict(local)) if n.get("name") == EXT_PROC_FILTER)
+    used: Any = next(n for n in walk_mappings(config) if n.get("name") == EXT_PROC_FILTER)
+    shipped_options = dict(shipped["typed_config"], grpc_service=None)
+    assert dict(used["typed_config"], grpc_service=None) == shipped_options
+    assert used["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] == "null_processor"
+    (null,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "null_processor"]
+    assert "health_checks" not in null
+    assert "port_value: 17000" in yaml.safe_dump(null["load_assignment"], default_flow_style=False)
+    assert "router_sidecar" not in str(config)
 
 
 def test_envoy_alone_rejects_an_unknown_cluster() -> None:
