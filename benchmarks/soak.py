@@ -8,7 +8,9 @@ are injected: the sidecar paused (SIGSTOP) and killed (SIGKILL), a provider kill
 a provider hanging, one answering 500 and one 429 with `retry-after`, a corrupt index
 pushed to ReloadIndex.
 
-Reported: requests sent, answered (by status), lost (no answer at all: must be 0), the
+Reported: requests sent, answered (by status), cut (an answer that began, then broke off:
+a stream whose provider died under it, which no proxy can resume), lost (no answer at
+all: must be 0), the
 same counts as Envoy's and the sidecar's own metrics see them, client latency and time
 to first byte p50/p99 (overall and per fault window), the sidecar's decision latency
 quantiles from its histogram, its resident memory after warm-up and at the end, and for
@@ -73,6 +75,7 @@ class Outcome:
     sent_at: float
     kind: str
     status: int | None = None  # None: no answer at all (lost)
+    cut: bool = False  # the answer began, then broke off
     latency_s: float | None = None
     ttfb_s: float | None = None
     route: str | None = None
@@ -137,13 +140,14 @@ async def _one(
     try:
         async with session.post(soak.stack.base_url + CHAT, json=body, headers=headers) as reply:
             outcome.route = reply.headers.get("x-router-route")
+            outcome.status = reply.status
             first = True
             async for _ in reply.content.iter_any():
                 if first:
                     outcome.ttfb_s, first = time.monotonic() - began, False
-            outcome.status = reply.status
     except (aiohttp.ClientError, TimeoutError) as error:
         outcome.error = type(error).__name__
+        outcome.cut = outcome.status is not None
     outcome.latency_s = time.monotonic() - began
 
 
@@ -176,8 +180,12 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 def summarise(outcomes: list[Outcome]) -> dict[str, object]:
     """Counts by status and latency quantiles (ms) of a set of outcomes."""
-    statuses = Counter("lost" if o.status is None else str(o.status) for o in outcomes)
-    latencies = [o.latency_s for o in outcomes if o.status is not None and o.latency_s]
+    statuses = Counter(
+        "lost" if o.status is None else "cut" if o.cut else str(o.status) for o in outcomes
+    )
+    latencies = [
+        o.latency_s for o in outcomes if o.status is not None and not o.cut and o.latency_s
+    ]
     ttfb = [o.ttfb_s for o in outcomes if o.ttfb_s is not None]
     routes = Counter(o.route or "-" for o in outcomes)
 
@@ -201,7 +209,9 @@ def recovery_s(outcomes: list[Outcome], after_s: float, streak: int = 20) -> flo
     for outcome in sorted(outcomes, key=lambda o: o.sent_at):
         if outcome.sent_at < after_s:
             continue
-        healthy = outcome.status == 200 and outcome.route not in (None, "fallback")
+        healthy = (
+            outcome.status == 200 and not outcome.cut and outcome.route not in (None, "fallback")
+        )
         run = run + 1 if healthy else 0
         if run == 1:
             first_ok = outcome.sent_at

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import soak
 from benchmarks.output_length import (
     LengthErrors,
     knn_predictions,
@@ -257,3 +258,17 @@ def test_bad_response_rows_name_the_field(row: object, problem: str) -> None:
 def test_a_good_response_row() -> None:
     row = parse_response_row({"text": "q", "responses": {"m": "a"}, "outcomes": {}}, "f:1")
     assert (row.text, dict(row.responses)) == ("q", {"m": "a"})
+
+
+def test_the_soak_tells_a_cut_answer_from_a_lost_one() -> None:
+    outcomes = [
+        soak.Outcome(sent_at=0.0, kind="auto", status=200, latency_s=0.1, route="small"),
+        soak.Outcome(sent_at=0.1, kind="stream", status=200, cut=True, error="ClientPayloadError"),
+        soak.Outcome(sent_at=0.2, kind="auto", error="ClientConnectorError"),
+    ]
+    assert soak.summarise(outcomes)["by_status"] == {"200": 1, "cut": 1, "lost": 1}
+    healthy = [soak.Outcome(sent_at=i, kind="auto", status=200, route="small") for i in range(3)]
+    after = soak.Outcome(sent_at=5, kind="stream", status=200, route="small", cut=True)
+    between = soak.Outcome(sent_at=0.5, kind="stream", status=200, route="small", cut=True)
+    assert soak.recovery_s([*healthy, after], after_s=0.0, streak=3) == 0.0
+    assert soak.recovery_s([*healthy, between], after_s=0.0, streak=3) is None  # not whole
