@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
@@ -35,22 +36,36 @@ from sidecar.serving.service import (
 from tests.fakes import TWO_TIER_CATALOGUE, TWO_TIER_TABLE
 
 
-@pytest.fixture
-async def stub() -> AsyncIterator[ext_grpc.ExternalProcessorStub]:
-    service = RoutingService(
-        table=TWO_TIER_TABLE,
-        catalogue=TWO_TIER_CATALOGUE,
-        snapshot=ProviderSnapshot,
-    )
-    server = grpc.aio.server()
-    ext_grpc.add_ExternalProcessorServicer_to_server(
-        ExternalProcessor(service, RouterMetrics()), server
-    )
+def _service(snapshot: Callable[[], ProviderSnapshot] = ProviderSnapshot) -> RoutingService:
+    return RoutingService(table=TWO_TIER_TABLE, catalogue=TWO_TIER_CATALOGUE, snapshot=snapshot)
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    processor: ExternalProcessor, max_message_bytes: int | None = None
+) -> AsyncIterator[ext_grpc.ExternalProcessorStub]:
+    """A stub talking to `processor` over real gRPC on loopback."""
+    options = []
+    if max_message_bytes is not None:
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+    server = grpc.aio.server(options=options)
+    ext_grpc.add_ExternalProcessorServicer_to_server(processor, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        yield ext_grpc.ExternalProcessorStub(channel)
-    await server.stop(0)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+            yield ext_grpc.ExternalProcessorStub(channel)
+    finally:
+        await server.stop(0)
+
+
+@pytest.fixture
+async def stub() -> AsyncIterator[ext_grpc.ExternalProcessorStub]:
+    async with serving(ExternalProcessor(_service(), RouterMetrics())) as served:
+        yield served
 
 
 CHAT_PATH = "/v1/chat/completions"
@@ -105,35 +120,24 @@ async def test_every_message_of_a_stream_is_answered_in_order(
 
 
 async def test_open_streams_are_counted_until_they_end() -> None:
-    service = RoutingService(
-        table=TWO_TIER_TABLE, catalogue=TWO_TIER_CATALOGUE, snapshot=ProviderSnapshot
-    )
-    processor = ExternalProcessor(service, RouterMetrics())
-    server = grpc.aio.server()
-    ext_grpc.add_ExternalProcessorServicer_to_server(processor, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = ext_grpc.ExternalProcessorStub(channel)
-            first, second = stub.Process(), stub.Process()
-            for call in (first, second):  # each waits for its body after the headers
-                await call.write(headers_message(CHAT_PATH))
-                assert (await call.read()).HasField("request_headers")
-            assert processor.open_streams == 2
-            await first.write(chat_request("hello")[1])
-            await first.done_writing()
-            assert (await first.read()).HasField("request_body")
-            assert await first.read() is grpc.aio.EOF
-            assert processor.open_streams == 1
-            second.cancel()  # a stream Envoy gives up on is no longer counted either
-            for _ in range(200):
-                if processor.open_streams == 0:
-                    break
-                await asyncio.sleep(0.005)
-            assert processor.open_streams == 0
-    finally:
-        await server.stop(0)
+    processor = ExternalProcessor(_service(), RouterMetrics())
+    async with serving(processor) as stub:
+        first, second = stub.Process(), stub.Process()
+        for call in (first, second):  # each waits for its body after the headers
+            await call.write(headers_message(CHAT_PATH))
+            assert (await call.read()).HasField("request_headers")
+        assert processor.open_streams == 2
+        await first.write(chat_request("hello")[1])
+        await first.done_writing()
+        assert (await first.read()).HasField("request_body")
+        assert await first.read() is grpc.aio.EOF
+        assert processor.open_streams == 1
+        second.cancel()  # a stream Envoy gives up on is no longer counted either
+        for _ in range(200):
+            if processor.open_streams == 0:
+                break
+            await asyncio.sleep(0.005)
+        assert processor.open_streams == 0
 
 
 async def test_route_policy_metadata(stub: ext_grpc.ExternalProcessorStub) -> None:
@@ -189,22 +193,6 @@ class _FlakySnapshot:
         return ProviderSnapshot()
 
 
-async def _processor_stub(
-    snapshot: _FlakySnapshot, metrics: RouterMetrics
-) -> tuple[grpc.aio.Server, grpc.aio.Channel, ext_grpc.ExternalProcessorStub]:
-    service = RoutingService(
-        table=TWO_TIER_TABLE,
-        catalogue=TWO_TIER_CATALOGUE,
-        snapshot=snapshot,
-    )
-    server = grpc.aio.server()
-    ext_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(service, metrics), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    return server, channel, ext_grpc.ExternalProcessorStub(channel)
-
-
 @pytest.mark.parametrize(
     ("failures", "decided"),
     [(1, True), (2, False)],  # the default decision works / fails too
@@ -213,12 +201,8 @@ async def test_an_unexpected_error_is_logged_counted_and_never_shown(
     failures: int, decided: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     metrics = RouterMetrics()
-    server, channel, stub = await _processor_stub(_FlakySnapshot(failures), metrics)
-    try:
+    async with serving(ExternalProcessor(_service(_FlakySnapshot(failures)), metrics)) as stub:
         replies = await exchange(stub, chat_request("hello"))
-    finally:
-        await channel.close()
-        await server.stop(0)
     reply = replies[1]
     assert not reply.HasField("immediate_response")
     headers = decision_headers(reply)
@@ -250,32 +234,15 @@ async def test_the_router_answers_the_model_list(stub: ext_grpc.ExternalProcesso
 
 
 async def test_a_big_body_asks_envoy_for_more_time_then_is_decided() -> None:
-    service = RoutingService(
-        table=TWO_TIER_TABLE,
-        catalogue=TWO_TIER_CATALOGUE,
-        snapshot=ProviderSnapshot,
-    )
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 << 20)])
     sent: list[str] = []  # what the passive feed is told was sent on (server.py)
     metrics = RouterMetrics()
     metrics.on_decided(lambda decision, _: sent.append(decision.upstream))
-    processor = ExternalProcessor(service, metrics, max_message_timeout_s=2.5)
-    ext_grpc.add_ExternalProcessorServicer_to_server(processor, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    processor = ExternalProcessor(_service(), metrics, max_message_timeout_s=2.5)
     big = {"model": "auto", "messages": [{"role": "user", "content": "word " * 600_000}]}
     small = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
-    options = [
-        ("grpc.max_send_message_length", 16 << 20),
-        ("grpc.max_receive_message_length", 16 << 20),
-    ]
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
-            stub = ext_grpc.ExternalProcessorStub(channel)
-            big_replies = await exchange(stub, [headers_message(CHAT_PATH), body_message(big)])
-            small_replies = await exchange(stub, [headers_message(CHAT_PATH), body_message(small)])
-    finally:
-        await server.stop(0)
+    async with serving(processor, max_message_bytes=16 << 20) as stub:
+        big_replies = await exchange(stub, [headers_message(CHAT_PATH), body_message(big)])
+        small_replies = await exchange(stub, [headers_message(CHAT_PATH), body_message(small)])
     extension, decision = big_replies[1], big_replies[2]
     assert extension.override_message_timeout.ToMilliseconds() == 2500
     assert extension.WhichOneof("response") is None  # only the timer, nothing else
@@ -297,17 +264,9 @@ async def test_the_cascade_marks_its_requests_and_honours_only_its_own_tickets()
         threshold=0.5,
         envoy_url="http://127.0.0.1:1",
     )
-    service = RoutingService(
-        table=TWO_TIER_TABLE, catalogue=TWO_TIER_CATALOGUE, snapshot=ProviderSnapshot
-    )
-    server = grpc.aio.server()
-    processor = ExternalProcessor(service, RouterMetrics(), cascade=cascade)
-    ext_grpc.add_ExternalProcessorServicer_to_server(processor, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    processor = ExternalProcessor(_service(), RouterMetrics(), cascade=cascade)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = ext_grpc.ExternalProcessorStub(channel)
+        async with serving(processor) as stub:
             # Balanced does not cascade, unless the Envoy route opts in.
             plain = decision_headers((await exchange(stub, chat_request("hi")))[1])
             assert "x-router-cascade-check" not in plain
@@ -328,4 +287,3 @@ async def test_the_cascade_marks_its_requests_and_honours_only_its_own_tickets()
             assert cascade.stats.outcomes["ticket_refused"] == 1
     finally:
         await cascade.close()
-        await server.stop(0)
