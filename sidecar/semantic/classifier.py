@@ -10,9 +10,12 @@ on a 2-core machine), so under overload its queue would grow past Envoy's ext_pr
 timeout and every request would fail open. Instead, a prompt whose expected wait for
 the model exceeds `max_queue_ms` is decided at once on stage 1 alone (marked
 `overloaded`; not cached, so a repeat gets the full decision later), and the model keeps
-serving the prompts it admitted at full speed. Without a stage-1 head (an index from
-before heads, or stage 1 switched off) such a prompt is decided without the classifier:
-the policy's default route, abstain reason `shed`.
+serving the prompts it admitted at full speed. The server can also say the whole process
+is saturated (`shed_when`: too many decision streams open at once), and then stage 1
+decides alone too: under a flood the encoder's queue stays short while every decision
+waits for the CPU. Without a stage-1 head (an index from before heads, or stage 1
+switched off) such a prompt is decided without the classifier: the policy's default
+route, abstain reason `shed`.
 
 Theory. The live index is one attribute, replaced by a single reference assignment on the
 event loop. A request reads that reference once, after its embedding is ready, and uses
