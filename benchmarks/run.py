@@ -256,8 +256,45 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print_tables(results)
-    print(f"\nwritten to {args.out}")
+    png = args.out.with_name("sidecar_matrix.png")
+    plot_matrix(results, png)
+    print(f"\nwritten to {args.out} and {png}")
     return 0
+
+
+def plot_matrix(results: dict[str, object], png: Path) -> None:
+    """Decisions/s and p99 by streams, per sidecar and prompt length (the matrix)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (rate_ax, p99_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for variant in MATRIX_VARIANTS:
+        section = results.get(variant)
+        if not isinstance(section, dict) or "matrix" not in section:
+            continue
+        for prompt, cells in section["matrix"].items():
+            if prompt == "explicit_model":
+                continue
+            streams = [int(s) for s in cells]
+            style = "-" if variant == "semantic" else "--"
+            label = f"{variant}, {prompt.replace('prompt_', '').replace('_', ' ')}"
+            rate_ax.plot(streams, [c["decisions_per_s"] for c in cells.values()], style,
+                         marker="o", label=label)  # fmt: skip
+            p99_ax.plot(streams, [c["p99_ms"] for c in cells.values()], style, marker="o",
+                        label=label)  # fmt: skip
+    for ax, title in ((rate_ax, "decisions per second"), (p99_ax, "p99 ms (log scale)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(MATRIX_STREAMS), [str(n) for n in MATRIX_STREAMS])
+        ax.set_xlabel("concurrent ext_proc streams")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    p99_ax.set_yscale("log")
+    fig.suptitle(f"The sidecar alone over gRPC ({os.cpu_count()} CPUs shared with the client)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
 
 
 def _row(name: str, load: str, row: dict[str, float]) -> str:

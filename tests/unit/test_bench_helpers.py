@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import soak
+from benchmarks import run, soak
 from benchmarks.output_length import (
     LengthErrors,
     knn_predictions,
@@ -272,3 +272,12 @@ def test_the_soak_tells_a_cut_answer_from_a_lost_one() -> None:
     between = soak.Outcome(sent_at=0.5, kind="stream", status=200, route="small", cut=True)
     assert soak.recovery_s([*healthy, after], after_s=0.0, streak=3) == 0.0
     assert soak.recovery_s([*healthy, between], after_s=0.0, streak=3) is None  # not whole
+
+
+def test_the_matrix_plot_is_written_from_the_results(tmp_path: Path) -> None:
+    cell = {"decisions_per_s": 100.0, "p99_ms": 10.0}
+    cells = {str(n): cell for n in run.MATRIX_STREAMS}
+    matrix = {"prompt_30_tokens": cells, "explicit_model": {"1": cell}}
+    results: dict[str, object] = {"semantic": {"matrix": matrix}, "no_semantic": {}}
+    run.plot_matrix(results, tmp_path / "matrix.png")
+    assert (tmp_path / "matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
