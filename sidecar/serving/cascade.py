@@ -131,13 +131,15 @@ class Pending:
 
     payload: dict[str, object]  # the client's request, as it sent it
     path: str
-    headers: dict[str, str]  # the client's headers worth forwarding
     tier: str
     next_tier: str
     attempt: int
     deadline: float
     added_logprobs: bool
     vector: npt.NDArray[np.float32] | None = None  # the prompt's, when the memory learns
+    # The client's headers worth forwarding: the answer-holding filter sees them all
+    # (`note_request`); the router's filter only the few it routes on.
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -312,7 +314,6 @@ class Cascade:
         routed: Routed,
         plan: CascadePlan,
         path: str,
-        headers: Mapping[str, str],
         ticket: Ticket | None,
         vector: npt.NDArray[np.float32] | None = None,
     ) -> Prepared | None:
@@ -341,7 +342,6 @@ class Cascade:
         self._pending[decision.decision_id] = Pending(
             payload=dict(payload),
             path=path,
-            headers=_forwardable(headers),
             tier=decision.tier,
             next_tier=plan.next_tier,
             attempt=ticket.attempt if ticket is not None else 1,
@@ -364,8 +364,8 @@ class Cascade:
     def note_request(self, headers: Mapping[str, str]) -> None:
         """The held request's headers as they leave Envoy: what an escalation forwards.
 
-        The router's filter sees only the few headers it routes on (Envoy sends them as
-        attributes with the body); the answer-holding filter sees them all.
+        The one place they come from: the answer-holding filter sees every header, the
+        router's filter only the few it routes on (attributes with the body).
         """
         decision_id = headers.get(DECISION_HEADER, "")
         pending = self._pending.get(decision_id)

@@ -346,7 +346,7 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
                 if span is not None and span.is_recording():
                     span.set_attribute("router.cascade", f"remembered: {recalled}")
                 return remembered, None
-        return routed, cascade.prepare(routed, plan, path, headers, ticket, vector)
+        return routed, cascade.prepare(routed, plan, path, ticket, vector)
 
 
 def _metadata_value(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> str | None:

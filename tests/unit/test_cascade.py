@@ -235,8 +235,14 @@ def _prepared(cascade: Cascade, decision: Decision | None = None) -> bytes | Non
     routed = Routed(decision=decision, verdict=None, body=rewritten, facts=FACTS, payload=payload)
     plan = cascade.plan(routed, COST, None, route_opted_in=False)
     assert plan is not None and plan.next_tier == "mid"
-    prepared = cascade.prepare(routed, plan, CHAT, CLIENT_HEADERS, None)
+    prepared = cascade.prepare(routed, plan, CHAT, None)
     assert prepared is not None
+    # The request as the answer-holding filter sees it: the client's headers, and what
+    # the router's filter set on it.
+    cascade.note_request(
+        {**CLIENT_HEADERS, **dict(prepared.set_headers), DECISION_HEADER: decision.decision_id,
+         "x-router-upstream": decision.upstream}
+    )  # fmt: skip
     # The cheap attempt may use half the budget (30 s): a hung provider leaves the rest.
     assert prepared.set_headers == (
         (CHECK_HEADER, "1"),
@@ -336,5 +342,5 @@ async def test_a_full_table_of_pending_answers_turns_cascading_off_for_new_reque
     )
     plan = cascade.plan(routed, COST, None, route_opted_in=False)
     assert plan is not None
-    assert cascade.prepare(routed, plan, CHAT, CLIENT_HEADERS, None) is None
+    assert cascade.prepare(routed, plan, CHAT, None) is None
     assert cascade.stats.outcomes == {"skipped_full": 1}
