@@ -23,13 +23,9 @@ from sidecar.config.envoy import EXT_PROC_FILTER
 
 OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
-# The pseudo-headers three of the attributes stand for (Envoy sends them all under its
-# ext_proc filter's name).
-_PSEUDO_HEADERS = {
-    "request.path": ":path",
-    "request.method": ":method",
-    "request.host": ":authority",
-}
+# The attributes the router reads (Envoy sends them under its ext_proc filter's name):
+# the path, as its pseudo-header, and headers by name.
+_PATH_ATTRIBUTE = "request.path"
 _HEADER_PREFIX, _HEADER_SUFFIX = "request.headers['", "']"
 
 
@@ -64,7 +60,7 @@ def headers_from_attributes(attributes: Mapping[str, struct_pb2.Struct]) -> dict
     for expression, value in fields.items():
         if value.WhichOneof("kind") != "string_value":
             continue
-        name = _PSEUDO_HEADERS.get(expression)
+        name = ":path" if expression == _PATH_ATTRIBUTE else None
         if expression.startswith(_HEADER_PREFIX) and expression.endswith(_HEADER_SUFFIX):
             name = expression[len(_HEADER_PREFIX) : -len(_HEADER_SUFFIX)].lower()
         if name is not None:
