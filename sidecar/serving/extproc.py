@@ -20,10 +20,8 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 
 import grpc
-from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
-from envoy.type.v3 import http_status_pb2
 from opentelemetry.trace import Span
 
 from sidecar.config.envoy import DECISION_NAMESPACE
@@ -33,11 +31,7 @@ from sidecar.errors import RequestError
 from sidecar.serving.body import BIG_BODY_BYTES
 from sidecar.serving.cascade import Cascade, Prepared, Ticket
 from sidecar.serving.cascade_filter import CASCADE_FILTER, FILTER_METADATA, CascadeFilter
-from sidecar.serving.envoy_headers import (
-    OVERWRITE,
-    headers_from_attributes,
-    headers_to_dict,
-)
+from sidecar.serving.envoy_headers import headers_from_attributes, headers_to_dict, set_header
 from sidecar.serving.metrics import RouterMetrics
 from sidecar.serving.service import (
     ROUTE_CASCADE_METADATA,
@@ -57,12 +51,6 @@ UPSTREAM_HEADER = "x-router-upstream"
 ROUTE_HEADER = "x-router-route"
 DECISION_HEADER = "x-router-decision-id"
 MODEL_HEADER = "x-router-model"
-
-
-def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
-    return base_pb2.HeaderValueOption(
-        header=base_pb2.HeaderValue(key=name, raw_value=value.encode()), append_action=OVERWRITE
-    )
 
 
 def decision_response(routed: Routed, cascade: Prepared | None = None) -> ext.ProcessingResponse:
@@ -113,30 +101,27 @@ def classifier_outcome(routed: Routed) -> str:
     return outcome
 
 
+def _json_reply(status: int, body: bytes, details: str) -> ext.ProcessingResponse:
+    """An immediate JSON reply from the router: the request never reaches a provider."""
+    response = ext.ProcessingResponse()
+    reply = response.immediate_response
+    reply.status.code = status
+    set_header(reply.headers.set_headers, "content-type", "application/json")
+    reply.body = body
+    reply.details = details
+    return response
+
+
 def error_response(error: RequestError) -> ext.ProcessingResponse:
     """An immediate OpenAI-style error reply; the request never reaches a provider."""
-    mutation = ext.HeaderMutation(set_headers=[_header("content-type", "application/json")])
-    return ext.ProcessingResponse(
-        immediate_response=ext.ImmediateResponse(
-            status=http_status_pb2.HttpStatus(code=http_status(error)),
-            headers=mutation,
-            body=openai_error_body(error),
-            details=f"inference_router_{error.code}",
-        )
+    return _json_reply(
+        http_status(error), openai_error_body(error), f"inference_router_{error.code}"
     )
 
 
 def models_response(body: bytes) -> ext.ProcessingResponse:
     """An immediate `200` with the model list: the router, not one provider, answers it."""
-    mutation = ext.HeaderMutation(set_headers=[_header("content-type", "application/json")])
-    return ext.ProcessingResponse(
-        immediate_response=ext.ImmediateResponse(
-            status=http_status_pb2.HttpStatus(code=200),
-            headers=mutation,
-            body=body,
-            details="inference_router_models",
-        )
-    )
+    return _json_reply(200, body, "inference_router_models")
 
 
 _CONTINUE_HEADERS = ext.ProcessingResponse(request_headers=ext.HeadersResponse())
