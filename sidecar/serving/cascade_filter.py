@@ -97,11 +97,9 @@ class CascadeFilter:
             elif phase == "response_body":
                 await self._judge(context, status, headers, message.response_body.body, trace)
             elif phase == "response_trailers":
-                await context.write(
-                    ext.ProcessingResponse(response_trailers=ext.TrailersResponse())
-                )
+                await context.write(_TRAILERS)
             else:  # not sent by the shipped config; answer so Envoy does not wait
-                await context.write(ext.ProcessingResponse(response_body=ext.BodyResponse()))
+                await context.write(_EMPTY_BODY)
 
     async def _judge(
         self,
