@@ -1,4 +1,4 @@
-"""The MiniLM encoder alone: the shipped graph against onnxruntime's transformer fusions.
+"""The MiniLM encoder alone: fp32 and int8 graphs against onnxruntime's transformer fusions.
 
 Theory. A forward pass for a short prompt is ~0.55 GFLOP of matrix products, which ONNX
 Runtime already runs near this CPU's peak; what a fusion can save is the rest (bias adds,
@@ -6,19 +6,22 @@ layer norms, transposes, the per-node dispatch), a fifth of the time at most. So
 question is empirical, and small differences drown in a busy machine's noise: the graphs
 here run in one process, on the same prompts, in alternating order within every round, so
 a noisy neighbour weighs on each alike, and each call's process CPU time (both intra-op
-threads) is reported beside its wall time. Variants: the graph as `model build` writes it,
-the same graph through `onnxruntime.transformers.optimizer` (BERT fusions:
+threads) is reported beside its wall time. Variants: the graph as `model build` writes it
+(fp32), its int8 copy (signed weights: what `quantize: auto` runs on a CPU with VNNI), the
+fp32 graph through `onnxruntime.transformers.optimizer` (BERT fusions:
 SkipLayerNormalization, BiasGelu; its Attention fusion looks for an explicit 1/sqrt(d)
 scale, which our graph folds into the query weights), and any other build given with
 `--compare NAME=PATH` (e.g. an older revision still in the data directory). For each, the
 lowest cosine to the sentence-transformers reference (tests/fixtures/minilm_reference.json)
-is reported: a variant is only worth adopting at 0.9999 or more.
+is reported: a fusion is only worth adopting at 0.9999 or more. int8 moves the vectors
+further (about 0.99), so what decides for it is routing quality, measured end to end
+(`benchmarks.quality`, docs/EVALUATION.md).
 
 It also measures what the session costs in resident memory when made from the model's
 path and, as the sidecar used to, from its bytes (onnxruntime keeps those for the
 session's life), each in a fresh process.
 
-Run: .venv/bin/python -m benchmarks.encoder [--rounds 400] [--compare old=PATH.onnx]
+Run: .venv/bin/python -m benchmarks.encoder [--rounds 400] [--threads 2] [--compare old=PATH.onnx]
 """
 
 from __future__ import annotations
@@ -141,12 +144,13 @@ def main() -> int:
     others = dict(_named_path(spec) for spec in args.compare)
     data_dir = default_data_dir() if args.data_dir is None else args.data_dir
     shipped = ensure_default_model(data_dir)
+    int8 = ensure_default_model(data_dir, weights="int8")
     tokenizer = data_dir / DEFAULT_TOKENIZER_NAME
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
         fused = Path(tmp) / "fused.onnx"
         results["fused_ops"] = fuse(shipped, fused)
-        models = {"shipped": shipped, "ort_transformers_optimizer": fused, **others}
+        models = {"fp32": shipped, "int8": int8, "ort_transformers_optimizer": fused, **others}
         results["reference_cosine_min"] = {
             name: reference_cosine(path, tokenizer) for name, path in models.items()
         }

@@ -69,7 +69,7 @@ LONG_PROMPT_SENTENCES = 24  # ~2,000 characters, ~500 tokens
 VARIANTS: tuple[tuple[str, list[str]], ...] = (
     ("semantic", []),
     ("semantic_1thr", ["--config", "ONE_THREAD"]),
-    ("semantic_int8", ["--config", "INT8"]),
+    ("semantic_fp32", ["--config", "FP32"]),
     ("semantic_q50ms", ["--config", "QUEUE_50"]),
     ("no_semantic", ["--no-semantic"]),
 )
@@ -229,7 +229,7 @@ def main() -> int:
         configs = {}
         alternatives = (
             ("ONE_THREAD", "{threads: 1}"),
-            ("INT8", "{quantize: int8}"),
+            ("FP32", "{quantize: none}"),
             ("QUEUE_50", "{max_queue_ms: 50}"),
         )
         for key, semantic in alternatives:

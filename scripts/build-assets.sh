@@ -45,8 +45,13 @@ deps)
 	"$py" -m pip install --quiet --no-deps --force-reinstall "opentelemetry-proto==$otel"
 	;;
 model)
-	# Built once into the data dir; under a second when both files exist.
-	"$py" -m sidecar --log-level WARNING model build ${data_dir:+--data-dir "$data_dir"}
+	# Built once into the data dir; under a second when the files exist. Both variants
+	# (fp32 and int8), so a data dir built on one CPU serves on any: `quantize: auto`
+	# picks int8 where the CPU has VNNI, else fp32.
+	for variant in none int8; do
+		"$py" -m sidecar --log-level WARNING model build --quantize $variant \
+			${data_dir:+--data-dir "$data_dir"}
+	done
 	;;
 index)
 	# The index `serve` builds from the shipped exemplars when no index is configured,
@@ -62,10 +67,11 @@ from sidecar.semantic.model_store import default_data_dir
 from sidecar.serving.composition import default_index, make_embedder, make_static
 
 data_dir = Path(sys.argv[1]) if sys.argv[1] else default_data_dir()
-settings = SemanticSettings(data_dir=data_dir)
-embedder = make_embedder(settings)
-index = default_index(settings, embedder, make_static(settings, embedder))
-print(f"default index: {len(index)} exemplars, embedder {index.fingerprint}")
+for quantize in ("none", "int8"):  # as the model step: both variants
+    settings = SemanticSettings(data_dir=data_dir, quantize=quantize)
+    embedder = make_embedder(settings)
+    index = default_index(settings, embedder, make_static(settings, embedder))
+    print(f"default index ({quantize}): {len(index)} exemplars, embedder {index.fingerprint}")
 for path in [data_dir, *data_dir.rglob("*")]:
     path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
 PYTHON

@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
     data = gather_data(args, need_test=False)
     config = load_vote_config(args, args.settings, must_exist=False)
-    embedder = model_store.load_default_embedder(args.data_dir)
+    embedder = model_store.load_default_embedder(args.data_dir, quantize=args.quantize)
     static = load_static(args, embedder)
     index = obtain_index(args, data.exemplars, embedder, static, evidence=True)
     shape: dict[str, object] = {}

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
 from sidecar.cascade.scorer import EmbedText
+from sidecar.cli.data_options import add_model_arguments
 from sidecar.config.files import read_jsonl
 from sidecar.errors import ConfigError
 from sidecar.evaluation.datasets import hash_fraction
@@ -61,7 +62,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="share of answers to escalate; the threshold doing so is reported",
     )
     parser.add_argument("-o", "--output", type=Path, required=True, help="scorer file (.npz)")
-    parser.add_argument("--data-dir", type=Path, default=None, help="embedding model cache")
+    add_model_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -80,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
     answers = load_labelled_answers(args.outcomes, args.weak)
     train, held = train_side(answers, holdout=args.holdout, salt=args.split_seed)
     embed_text: EmbedText = args.embed
-    embedder = None if embed_text == "none" else model_store.load_default_embedder(args.data_dir)
+    embedder = None
+    if embed_text != "none":
+        embedder = model_store.load_default_embedder(args.data_dir, quantize=args.quantize)
 
     def embed(rows: Sequence[LabelledAnswer]) -> npt.NDArray[np.float32] | None:
         if embedder is None:

@@ -1,4 +1,4 @@
-"""The data, index and classifier options `eval` and `calibrate` share.
+"""The model, data, index and classifier options the commands that embed share.
 
 Argument definitions only: importing this module loads nothing heavy (no FAISS, no ONNX
 Runtime), so building the parser for any subcommand stays cheap.
@@ -12,7 +12,25 @@ from typing import get_args
 
 from sidecar.core.vote import Decider
 from sidecar.evaluation.datasets import LabelRule
-from sidecar.semantic.options import IndexKind, Projection, Stage1Mode
+from sidecar.semantic.options import IndexKind, Projection, Quantize, Stage1Mode
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which embedding model: where it is cached and which variant (the sidecar's must match)."""
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="embedding model cache (default: $INFERENCE_ROUTER_DATA, else "
+        "$XDG_CACHE_HOME/inference-router, else ~/.cache/inference-router)",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=get_args(Quantize),
+        default="auto",
+        help="the MiniLM variant, as the sidecar's semantic.quantize (default auto: int8 "
+        "where the CPU has VNNI, else fp32); an index or scorer fits only its own variant",
+    )
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, *, test: bool) -> None:
@@ -43,7 +61,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, test: bool) -> None:
     build.add_argument(
         "--no-heads", action="store_true", help="no linear heads (kNN only, no stage 1)"
     )
-    parser.add_argument("--data-dir", type=Path, default=None, help="embedding model cache")
+    add_model_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     vote_args = parser.add_argument_group("classifier (override the settings file)")
     if test:

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     data = gather_data(args, need_test=True)
     config = load_vote_config(args, args.config)
-    embedder = model_store.load_default_embedder(args.data_dir)
+    embedder = model_store.load_default_embedder(args.data_dir, quantize=args.quantize)
     static = load_static(args, embedder)
     index = obtain_index(args, data.exemplars, embedder, static)
     texts = [row.text for row in data.test]

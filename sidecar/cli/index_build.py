@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import get_args
 
+from sidecar.cli.data_options import add_model_arguments
 from sidecar.evaluation.datasets import load_rows, to_exemplars
 from sidecar.semantic.exemplars import load_exemplars
 from sidecar.semantic.options import IndexKind, Projection
@@ -35,7 +36,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip the linear heads: no stage 1, kNN only (heads take ~1 min per 15k exemplars)",
     )
-    parser.add_argument("--data-dir", type=Path, default=None, help="embedding model cache")
+    add_model_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     outcomes = parser.add_argument_group("outcome rows {text, outcomes} as exemplars")
     outcomes.add_argument("--weak", help="weak model name in the outcome rows")
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         exemplars = to_exemplars(rows, weak=args.weak, strong=args.strong, rule=args.label_rule)
     else:
         exemplars = [e for path in args.exemplars for e in load_exemplars(path)]
-    embedder = model_store.load_default_embedder(args.data_dir)
+    embedder = model_store.load_default_embedder(args.data_dir, quantize=args.quantize)
     static = None
     if not args.no_heads and isinstance(embedder, TokenTeacher):
         static = model_store.load_static_embedder(embedder, args.data_dir)

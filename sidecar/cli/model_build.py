@@ -4,32 +4,19 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import get_args
 
-from sidecar.semantic.options import Quantize
+from sidecar.cli.data_options import add_model_arguments
 
 HELP = "build the ONNX embedding model and its stage-1 static table"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of `inference-router model build`."""
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="where to cache the model (default: $INFERENCE_ROUTER_DATA, else "
-        "$XDG_CACHE_HOME/inference-router, else ~/.cache/inference-router)",
-    )
-    parser.add_argument(
-        "--quantize",
-        choices=get_args(Quantize),
-        default="none",
-        help="also write a dynamically int8-quantised copy and report that one",
-    )
+    add_model_arguments(parser)
     parser.add_argument(
         "--no-static",
         action="store_true",
-        help="skip the stage-1 static table (distilled from the fp32 model, ~20 s once)",
+        help="skip the stage-1 static table (distilled from the model, ~20 s once)",
     )
 
 
@@ -41,12 +28,13 @@ def run(args: argparse.Namespace) -> int:
         default_model_path,
         ensure_static_table,
         load_default_embedder,
+        model_weights,
         static_table_path,
     )
 
     data_dir: Path = default_data_dir() if args.data_dir is None else args.data_dir
     embedder = load_default_embedder(data_dir, quantize=args.quantize, threads=1)
-    print(f"model: {default_model_path(data_dir, args.quantize)}")
+    print(f"model: {default_model_path(data_dir, model_weights(args.quantize))}")
     print(f"tokenizer: {data_dir / DEFAULT_TOKENIZER_NAME}")
     print(f"dim: {embedder.dim}")
     print(f"fingerprint (max_tokens={embedder.max_tokens}): {embedder.fingerprint}")

