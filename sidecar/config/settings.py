@@ -66,7 +66,7 @@ class SemanticSettings(_Strict):
     max_queue_ms: float = Field(default=20.0, gt=0)
     # And while more than this many decision streams are open at once: the sidecar is
     # saturated (its decisions queue for the CPU, Little's law), and one encoder run
-    # (~8 ms of CPU) would make every one of them later. 0: never shed for this.
+    # (6-9 ms of CPU) would make every one of them later. 0: never shed for this.
     encoder_max_streams: int = Field(default=8, ge=0)
     cache_size: int = Field(default=4096, ge=0)
     # Stage 1: static token embeddings distilled from the encoder (built once into the

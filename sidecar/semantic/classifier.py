@@ -5,7 +5,7 @@ vectors and asks the index's stage-1 head, on the event loop (tens of microsecon
 a confident answer is final. Otherwise stage 2 embeds it with the sentence encoder
 (batched, off the loop) and decides by the kNN vote or the stage-2 head.
 
-Load shedding. The encoder is the one expensive step (~8 ms of CPU per 30-token prompt
+Load shedding. The encoder is the one expensive step (6-9 ms of CPU per 30-token prompt
 on a 2-core machine), so under overload its queue would grow past Envoy's ext_proc
 timeout and every request would fail open. Instead, a prompt whose expected wait for
 the model exceeds `max_queue_ms` is decided at once on stage 1 alone (marked
