@@ -50,7 +50,7 @@ class SemanticSettings(_Strict):
     # int8 one thread is close: the same latency for ~30-token prompts at 25-40 % less CPU,
     # but 1.5x slower on long ones (make bench's semantic_1thr).
     threads: int = Field(default=2, ge=1, le=64)
-    # auto: int8 MiniLM where the CPU has VNNI (2.7x faster per prompt, routing quality
+    # auto: int8 MiniLM where the CPU has VNNI (1.5x faster per prompt, routing quality
     # unchanged within noise: docs/EVALUATION.md), else fp32. Indexes are built per
     # variant: `index build --quantize` must match.
     quantize: Literal["auto", "none", "int8"] = "auto"

@@ -8,7 +8,7 @@ median channel stays under 2. One scale per tensor spends most of the 256 levels
 few channels and blurs the others: plain int8 kept 89 % of each prompt's ten nearest
 neighbours (fp32's), mean cosine to fp32 0.993.
 
-Two measured remedies (docs/ARCHITECTURE.md has the table):
+Two measured remedies (docs/EVALUATION.md, "int8 MiniLM", has every variant tried):
 - Smoothing (SmoothQuant, Xiao et al. 2022) moves that range into the weights first:
   X·W = (X·diag(1/s))·(diag(s)·W), exact in real arithmetic, with, per input channel j,
   s_j = max|X_j|^alpha / max|W_j|^(1-alpha), the maxima from running the fp32 model over
@@ -44,13 +44,15 @@ CALIBRATION_TOKENS = 128
 Maxima = dict[str, npt.NDArray[np.float32]]
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, tokenizer: Path, texts: Iterable[str]) -> None:
+def quantize_int8(
+    fp32_path: Path, out_path: Path, tokenizer_path: Path, texts: Iterable[str]
+) -> None:
     """Write the smoothed, dynamically int8-quantised copy of the fp32 model at `fp32_path`."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(str(fp32_path))
     kept = [n.name for n in weighted_matmuls(model) if is_down_projection(model, n)]
-    smooth(model, activation_maxima(model, tokenizer, texts))
+    smooth(model, activation_maxima(model, tokenizer_path, texts))
     smoothed = out_path.with_name(out_path.name + ".smoothed")
     try:
         onnx.save(model, str(smoothed))
@@ -84,7 +86,7 @@ def is_down_projection(model: onnx.ModelProto, node: onnx.NodeProto) -> bool:
     return weight.dims[0] > weight.dims[1]
 
 
-def activation_maxima(model: onnx.ModelProto, tokenizer: Path, texts: Iterable[str]) -> Maxima:
+def activation_maxima(model: onnx.ModelProto, tokenizer_path: Path, texts: Iterable[str]) -> Maxima:
     """Per channel, the largest |value| each quantised MatMul's input takes over `texts`."""
     inputs = sorted({node.input[0] for node in quantized_matmuls(model)})
     probe = onnx.ModelProto()
@@ -94,11 +96,11 @@ def activation_maxima(model: onnx.ModelProto, tokenizer: Path, texts: Iterable[s
         helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in inputs
     )
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    encoder = Tokenizer.from_file(str(tokenizer))
-    encoder.enable_truncation(CALIBRATION_TOKENS)
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    tokenizer.enable_truncation(CALIBRATION_TOKENS)
     maxima = {name: np.zeros(0, np.float32) for name in inputs}
     for text in texts:
-        ids = np.array([encoder.encode(text).ids], dtype=np.int64)
+        ids = np.array([tokenizer.encode(text).ids], dtype=np.int64)
         feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
         for name, values in zip(inputs, session.run(inputs, feeds), strict=True):
             row = np.abs(values).reshape(-1, values.shape[-1]).max(axis=0)

@@ -68,9 +68,9 @@ def cpu_has_vnni(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 def model_weights(quantize: Quantize, *, vnni: bool | None = None) -> Weights:
     """The model variant `quantize` means on this CPU: auto is int8 where it has VNNI.
 
-    There onnxruntime's int8 kernels are 2.7x faster than fp32 per prompt on one thread
-    (`python -m benchmarks.encoder`). Without VNNI they are slower and can saturate, so
-    auto stays fp32.
+    There onnxruntime's int8 kernels run on VNNI's instructions and the int8 model is 1.5x
+    faster than fp32 per 30-token prompt (`python -m benchmarks.encoder`). Without VNNI
+    they are slower and can saturate, so auto stays fp32.
     """
     if quantize == "auto":
         return "int8" if (cpu_has_vnni() if vnni is None else vnni) else "fp32"
