@@ -280,7 +280,10 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
             log.exception("decision %s: routing failed; using the default decision", decision_id)
             self._metrics.error("extproc")
             try:
-                routed = self._service.fallback(body, decision_id)
+                routed = self._service.fallback(body, decision_id, headers)
+            except RequestError as error:
+                self._metrics.rejected(error.code)
+                return error_response(error)
             except Exception:
                 log.exception("decision %s: no default decision either; Envoy's fallback route "
                               "serves the request", decision_id)  # fmt: skip

@@ -216,12 +216,13 @@ class RoutingService:
             payload=payload,
         )
 
-    def fallback(self, body: bytes, decision_id: str) -> Routed:
+    def fallback(self, body: bytes, decision_id: str, headers: Mapping[str, str]) -> Routed:
         """The default policy's decision, for a request whose routing failed unexpectedly.
 
-        The request still goes somewhere sensible (the default route's cheapest provider)
-        with a decision id the log line shares, and a router alias in `model` is still
-        rewritten so the provider understands it.
+        The request still goes somewhere sensible (the default route's cheapest provider
+        within the client's limits) with a decision id the log line shares, and a router
+        alias in `model` is still rewritten so the provider understands it. Raises the
+        RequestError of limits that are malformed or that no provider fits, as routing would.
         """
         facts = RequestFacts(Endpoint.CHAT, AUTO_MODEL, "", 1, None, False)
         decision = decide(
@@ -231,6 +232,7 @@ class RoutingService:
             table=self._table,
             catalogue=self._catalogue,
             snapshot=self._snapshot(),
+            limits=limits_from_headers(headers),
         )
         decision = replace(
             decision, reason=f"internal error, see the sidecar log; {decision.reason}"

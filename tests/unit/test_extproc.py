@@ -218,6 +218,17 @@ async def test_an_unexpected_error_is_logged_counted_and_never_shown(
     assert 'inference_router_errors_total{kind="extproc"} 1.0' in exposition
 
 
+async def test_the_default_decision_after_an_error_keeps_the_clients_limits() -> None:
+    metrics = RouterMetrics()
+    cap = {"x-router-max-cost-usd": "1e-15"}  # below anything a provider costs
+    async with serving(ExternalProcessor(_service(_FlakySnapshot(1)), metrics)) as stub:
+        replies = await exchange(stub, chat_request("hello", headers=cap))
+    immediate = replies[1].immediate_response
+    assert immediate.status.code == 400
+    assert json.loads(immediate.body)["error"]["code"] == "no_provider_within_limits"
+    assert "internal detail" not in str(replies[1])
+
+
 async def test_the_router_answers_the_model_list(stub: ext_grpc.ExternalProcessorStub) -> None:
     replies = await exchange(
         stub, [headers_message("/v1/models", {":method": "GET"}, end_of_stream=True)]

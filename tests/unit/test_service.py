@@ -10,8 +10,8 @@ import pytest
 from sidecar.core.decision import ProviderSnapshot
 from sidecar.core.policy import Policy
 from sidecar.core.vote import FAILED, RouteVerdict
-from sidecar.errors import NotFoundError, RequestError
-from sidecar.serving.service import POLICY_HEADER, RoutingService
+from sidecar.errors import NotFoundError, OutOfLimitsError, RequestError
+from sidecar.serving.service import MAX_COST_HEADER, POLICY_HEADER, RoutingService
 from sidecar.serving.statuses import http_status
 from tests.fakes import TWO_TIER_CATALOGUE, TWO_TIER_TABLE
 
@@ -169,10 +169,20 @@ async def test_a_failing_classifier_costs_the_semantic_route_not_the_request(
 
 def test_the_fallback_decision_rewrites_router_aliases_only() -> None:
     service = _service()
-    routed = service.fallback(BODY, "d-1")
+    routed = service.fallback(BODY, "d-1", {})
     assert routed.decision.decision_id == "d-1"
     assert routed.decision.upstream == "tiny" and "internal error" in routed.decision.reason
     assert routed.body is not None and json.loads(routed.body)["model"] == "tiny-1b"
-    explicit = service.fallback(BODY.replace(b'"auto"', b'"big-1t"'), "d-2")
+    explicit = service.fallback(BODY.replace(b'"auto"', b'"big-1t"'), "d-2", {})
     assert explicit.body is None
-    assert service.fallback(b"{not json", "d-3").body is None
+    assert service.fallback(b"{not json", "d-3", {}).body is None
+
+
+def test_the_fallback_decision_keeps_the_clients_limits() -> None:
+    service = _service()
+    within = service.fallback(BODY, "d-1", {MAX_COST_HEADER: "1"})
+    assert within.decision.upstream == "tiny"
+    with pytest.raises(OutOfLimitsError):  # nothing costs under a trillionth of a cent
+        service.fallback(BODY, "d-2", {MAX_COST_HEADER: "1e-15"})
+    with pytest.raises(RequestError, match=MAX_COST_HEADER):
+        service.fallback(BODY, "d-3", {MAX_COST_HEADER: "lots"})
