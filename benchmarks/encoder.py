@@ -7,7 +7,7 @@ question is empirical, and small differences drown in a busy machine's noise: th
 here run in one process, on the same prompts, in alternating order within every round, so
 a noisy neighbour weighs on each alike, and each call's process CPU time (both intra-op
 threads) is reported beside its wall time. Variants: the graph as `model build` writes it
-(fp32), its int8 copy (signed weights: what `quantize: auto` runs on a CPU with VNNI), the
+(fp32), its int8 copy (sidecar/semantic/int8.py: what `quantize: auto` runs with VNNI), the
 fp32 graph through `onnxruntime.transformers.optimizer` (BERT fusions:
 SkipLayerNormalization, BiasGelu; its Attention fusion looks for an explicit 1/sqrt(d)
 scale, which our graph folds into the query weights), and any other build given with

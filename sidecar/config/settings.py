@@ -47,8 +47,8 @@ class SemanticSettings(_Strict):
     tokenizer: Path | None = None
     max_tokens: int = Field(default=128, ge=8, le=512)
     # Two intra-op threads measured best on 2 cores (make bench: 1 vs 2 side by side). For
-    # int8 one thread is close: the same latency for ~30-token prompts at 25-40 % less CPU,
-    # but 1.5x slower on long ones (make bench's semantic_1thr).
+    # int8 one thread is close: the same latency for ~30-token prompts at 6-9 % less CPU
+    # per decision, but 1.5x slower on long ones (make bench's semantic_1thr).
     threads: int = Field(default=2, ge=1, le=64)
     # auto: int8 MiniLM where the CPU has VNNI (1.5x faster per prompt, routing quality
     # unchanged within noise: docs/EVALUATION.md), else fp32. Indexes are built per

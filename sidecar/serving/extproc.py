@@ -247,6 +247,13 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
         with self._tracer.decision(metadata) as span:
             return await self._decide(path, headers, body, route_policy, span, started, opted_in)
 
+    def _reject(self, error: RequestError, span: Span | None) -> ext.ProcessingResponse:
+        """Count a request the router refuses and answer it with its JSON error."""
+        self._metrics.rejected(error.code)
+        if span is not None:
+            span.set_attribute("router.rejected", error.code)
+        return error_response(error)
+
     async def _decide(
         self,
         path: str,
@@ -270,10 +277,7 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
                 escalate_to=ticket.tier if ticket is not None else None,
             )
         except RequestError as error:
-            self._metrics.rejected(error.code)
-            if span is not None:
-                span.set_attribute("router.rejected", error.code)
-            return error_response(error)
+            return self._reject(error, span)
         except Exception:
             # A bug must not become a silent gRPC UNKNOWN (Envoy would fail open with no
             # trace): log it, count it, and route the request on the default policy.
@@ -281,9 +285,8 @@ class ExternalProcessor(ext_grpc.ExternalProcessorServicer):  # type: ignore[mis
             self._metrics.error("extproc")
             try:
                 routed = self._service.fallback(body, decision_id, headers)
-            except RequestError as error:
-                self._metrics.rejected(error.code)
-                return error_response(error)
+            except RequestError as error:  # the client's limits, which the default keeps too
+                return self._reject(error, span)
             except Exception:
                 log.exception("decision %s: no default decision either; Envoy's fallback route "
                               "serves the request", decision_id)  # fmt: skip
