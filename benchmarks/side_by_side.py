@@ -51,6 +51,7 @@ import yaml
 from benchmarks.policies import percentile
 from benchmarks.run import classifier_counts, prompts
 from sidecar.config.envoy import (
+    CASCADE_FILTER,
     EXT_PROC_FILTER,
     catalogue_from_envoy_config,
     load_envoy_yaml,
@@ -78,11 +79,7 @@ SIM_TOKENS_PER_S = 1000
 SIM_SLOTS = 64
 DIRECT_CLUSTER = "sim-mid-a"
 SEED = 11
-ROUTER_FILTERS = (
-    "envoy.filters.http.ext_proc",
-    "envoy.filters.http.lua",
-    "inference_router.cascade",
-)
+ROUTER_FILTERS = (EXT_PROC_FILTER, "envoy.filters.http.lua", CASCADE_FILTER)
 
 
 @dataclass(frozen=True)
@@ -314,6 +311,21 @@ class Child:
         terminate(self.process, 10, group=True)
 
 
+def start_envoy(
+    config: Mapping[str, object], name: str, admin: int, workdir: Path, children: list[Child]
+) -> None:
+    """Run the real Envoy on `config` (written to NAME.yaml) among `children`, until ready."""
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(dict(config)))
+    envoy = Child(
+        [envoy_binary(), "-c", str(path), "--log-level", "warn", "--base-id", str(admin),
+         "--concurrency", "2"],
+        workdir / f"{name}.log",
+    )  # fmt: skip
+    children.append(envoy)
+    envoy.wait_ready(f"http://127.0.0.1:{admin}/ready", 30)
+
+
 def start_litellm(sim_port: int, model: str, workdir: Path) -> tuple[Child, int, str] | str:
     """LiteLLM's proxy in front of the simulator (with its port and a fresh master key).
 
@@ -389,34 +401,18 @@ def run(workdir: Path) -> dict[str, Any]:
     stack.start()
     try:
         listener, admin = free_ports(2)
-        alone = workdir / "envoy-alone.yaml"
         rendered = load_envoy_yaml(stack.config_path)
-        alone.write_text(
-            yaml.safe_dump(envoy_alone_config(rendered, DIRECT_CLUSTER, listener, admin))
-        )
-        envoy = Child(
-            [envoy_binary(), "-c", str(alone), "--log-level", "warn", "--base-id", str(admin),
-             "--concurrency", "2"],
-            workdir / "envoy-alone.log",
-        )  # fmt: skip
-        children.append(envoy)
-        envoy.wait_ready(f"http://127.0.0.1:{admin}/ready", 30)
+        alone = envoy_alone_config(rendered, DIRECT_CLUSTER, listener, admin)
+        start_envoy(alone, "envoy-alone", admin, workdir, children)
         null_listener, null_admin, processor_port = free_ports(3)
         children.append(Child(
             [sys.executable, "-m", "benchmarks.null_processor", "--port", str(processor_port)],
             workdir / "null-processor.log",
         ))  # fmt: skip
-        null = workdir / "envoy-null-processor.yaml"
-        null.write_text(yaml.safe_dump(null_processor_config(
+        null = null_processor_config(
             rendered, DIRECT_CLUSTER, null_listener, null_admin, processor_port
-        )))  # fmt: skip
-        null_envoy = Child(
-            [envoy_binary(), "-c", str(null), "--log-level", "warn", "--base-id",
-             str(null_admin), "--concurrency", "2"],
-            workdir / "envoy-null-processor.log",
-        )  # fmt: skip
-        children.append(null_envoy)
-        null_envoy.wait_ready(f"http://127.0.0.1:{null_admin}/ready", 30)
+        )
+        start_envoy(null, "envoy-null-processor", null_admin, workdir, children)
         began = time.monotonic()
         litellm = start_litellm(sim_port, model, workdir)
         litellm_start_s = round(time.monotonic() - began, 1)
