@@ -23,11 +23,20 @@ EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 # The dynamic metadata namespace the router filter answers a decision's headers in; the
 # edge Lua script sets them on the request (metadata_options.receiving_namespaces).
 DECISION_NAMESPACE = "inference_router"
+# What the router filter reads of a request comes as `request_attributes` with the body,
+# one CEL expression each, keyed by its text: the path, and headers by name.
+PATH_ATTRIBUTE = "request.path"
+HEADER_ATTRIBUTE_PREFIX, HEADER_ATTRIBUTE_SUFFIX = "request.headers['", "']"
 # The second ext_proc filter, which a cascading request's route switches on to hand the
 # sidecar the buffered answer (README "Cascade").
 CASCADE_FILTER = "inference_router.cascade"
 # The listener the OpenAI API is served on; a cascade re-sends its escalations to it.
 API_LISTENER = "openai_api"
+
+
+def header_attribute(name: str) -> str:
+    """The `request_attributes` expression that carries header `name`."""
+    return f"{HEADER_ATTRIBUTE_PREFIX}{name}{HEADER_ATTRIBUTE_SUFFIX}"
 
 
 class _PriceModel(BaseModel):

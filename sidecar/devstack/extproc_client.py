@@ -17,7 +17,12 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_grpc
 
-from sidecar.config.envoy import DECISION_NAMESPACE, EXT_PROC_FILTER
+from sidecar.config.envoy import (
+    DECISION_NAMESPACE,
+    EXT_PROC_FILTER,
+    PATH_ATTRIBUTE,
+    header_attribute,
+)
 
 
 def headers_message(
@@ -45,9 +50,9 @@ def attributed_body_message(
     """The body message alone, carrying the path and `headers` as Envoy's attributes."""
     message = body_message(payload)
     fields = message.attributes[EXT_PROC_FILTER].fields
-    fields["request.path"].string_value = path
+    fields[PATH_ATTRIBUTE].string_value = path
     for name, value in (headers or {}).items():
-        fields[f"request.headers['{name}']"].string_value = value
+        fields[header_attribute(name)].string_value = value
     return message
 
 

@@ -19,14 +19,14 @@ from envoy.config.core.v3 import base_pb2
 from google.protobuf import struct_pb2
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
-from sidecar.config.envoy import EXT_PROC_FILTER
+from sidecar.config.envoy import (
+    EXT_PROC_FILTER,
+    HEADER_ATTRIBUTE_PREFIX,
+    HEADER_ATTRIBUTE_SUFFIX,
+    PATH_ATTRIBUTE,
+)
 
 OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-
-# The attributes the router reads (Envoy sends them under its ext_proc filter's name):
-# the path, as its pseudo-header, and headers by name.
-_PATH_ATTRIBUTE = "request.path"
-_HEADER_PREFIX, _HEADER_SUFFIX = "request.headers['", "']"
 
 
 def set_header(
@@ -60,9 +60,10 @@ def headers_from_attributes(attributes: Mapping[str, struct_pb2.Struct]) -> dict
     for expression, value in fields.items():
         if value.WhichOneof("kind") != "string_value":
             continue
-        name = ":path" if expression == _PATH_ATTRIBUTE else None
-        if expression.startswith(_HEADER_PREFIX) and expression.endswith(_HEADER_SUFFIX):
-            name = expression[len(_HEADER_PREFIX) : -len(_HEADER_SUFFIX)].lower()
+        name = ":path" if expression == PATH_ATTRIBUTE else None
+        prefix, suffix = HEADER_ATTRIBUTE_PREFIX, HEADER_ATTRIBUTE_SUFFIX
+        if expression.startswith(prefix) and expression.endswith(suffix):
+            name = expression[len(prefix) : -len(suffix)].lower()
         if name is not None:
             result[name] = value.string_value
     return result

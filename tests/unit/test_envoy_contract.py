@@ -13,7 +13,13 @@ from typing import Any
 
 import pytest
 
-from sidecar.config.envoy import DECISION_NAMESPACE, EXT_PROC_FILTER, walk_mappings
+from sidecar.config.envoy import (
+    DECISION_NAMESPACE,
+    EXT_PROC_FILTER,
+    PATH_ATTRIBUTE,
+    header_attribute,
+    walk_mappings,
+)
 from sidecar.config.files import read_yaml_mapping
 from sidecar.serving.cascade import TICKET_HEADER
 from sidecar.serving.service import MAX_COST_HEADER, MAX_LATENCY_HEADER, POLICY_HEADER
@@ -43,7 +49,8 @@ def test_the_router_filter_sends_the_body_with_the_headers_it_reads(name: str) -
     assert ext_proc["processing_mode"]["request_body_mode"] == "BUFFERED"
     attributes = set(ext_proc["request_attributes"])
     read = {POLICY_HEADER, MAX_COST_HEADER, MAX_LATENCY_HEADER, TICKET_HEADER}
-    assert {"request.path"} | {f"request.headers['{h}']" for h in read} <= attributes
+    assert {PATH_ATTRIBUTE} | {header_attribute(h) for h in read} <= attributes
+    assert "request.headers['x-router-policy']" in attributes  # Envoy's CEL, spelled out
     namespaces = ext_proc["metadata_options"]["receiving_namespaces"]["untyped"]
     assert namespaces == [DECISION_NAMESPACE]
 
