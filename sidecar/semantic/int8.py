@@ -115,8 +115,9 @@ def smooth(model: onnx.ModelProto, maxima: Maxima, alpha: float = ALPHA) -> None
     Exact up to float rounding (1e-7 relative): the fp32 graph's outputs stay the same.
     """
     weights = {tensor.name: tensor for tensor in model.graph.initializer}
+    quantized = quantized_matmuls(model)
     for name, activation in maxima.items():
-        consumers = [n for n in quantized_matmuls(model) if n.input[0] == name]
+        consumers = [n for n in quantized if n.input[0] == name]
         matrices = [numpy_helper.to_array(weights[n.input[1]]) for n in consumers]
         weight_max = np.max([np.abs(w).max(axis=1) for w in matrices], axis=0)
         raw = np.maximum(activation, 1e-5) ** alpha / np.maximum(weight_max, 1e-5) ** (1 - alpha)
